@@ -1,0 +1,195 @@
+"""FLAb antibody fitness data: one folder per task, one CSV per assay with `heavy,light,fitness`.
+
+A root folder looks like `../shared/data/flab`: `<task>/<assay>.csv` plus an optional `assays.csv`
+(`task,assay,rows,measure,favourable`). Rows are grouped by antibody (the heavy+light pair): one sample
+carries every label the antibody has, NaN where it has none, so one trunk pass serves all tasks. An
+antibody measured twice in the same assay yields a second sample, so every CSV row is used exactly once.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .sequences import MAX_CHAIN_LENGTH, DataError, chain_problem, normalise
+
+FITNESS_TASKS = ("aggregation", "binding", "expression", "immunogenicity", "polyreactivity", "thermostability")
+
+
+@dataclass(frozen=True)
+class Assay:
+    task: str
+    name: str
+    favourable: str = "higher"   # "higher" or "lower"
+    measure: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.name}"
+
+    @property
+    def sign(self) -> int:
+        return 1 if self.favourable == "higher" else -1
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, "name": self.name, "favourable": self.favourable, "measure": self.measure}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Assay":
+        return cls(d["task"], d["name"], d.get("favourable", "higher"), d.get("measure", ""))
+
+
+@dataclass
+class FitnessData:
+    heavy: list[str]
+    light: list[str]
+    labels: np.ndarray            # float32 [N, A], NaN = no label
+    assays: list[Assay]
+
+    def __len__(self) -> int:
+        return len(self.heavy)
+
+    def subset(self, idx) -> "FitnessData":
+        idx = np.asarray(idx, dtype=np.int64)
+        return FitnessData([self.heavy[i] for i in idx], [self.light[i] for i in idx],
+                           self.labels[idx], list(self.assays))
+
+    def antibody_ids(self) -> list[str]:
+        return [f"{h}/{l}" for h, l in zip(self.heavy, self.light)]
+
+    @property
+    def tasks(self) -> list[str]:
+        return ordered_tasks(self.assays)
+
+    def task_assays(self, task: str) -> list[int]:
+        return [i for i, a in enumerate(self.assays) if a.task == task]
+
+    def rows_per_assay(self) -> dict[str, int]:
+        return {a.key: int((~np.isnan(self.labels[:, i])).sum()) for i, a in enumerate(self.assays)}
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for a in self.assays:
+            h.update(a.key.encode())
+        for hv, lt, row in zip(self.heavy, self.light, self.labels):
+            h.update(f"{hv},{lt},".encode())
+            h.update(np.nan_to_num(row, nan=-1e30).astype(np.float32).tobytes())
+        return h.hexdigest()
+
+
+def ordered_tasks(assays: list[Assay]) -> list[str]:
+    seen = []
+    for a in assays:
+        if a.task not in seen:
+            seen.append(a.task)
+    return seen
+
+
+def load_assays(root: str | Path) -> list[Assay]:
+    """The assay table of a FLAb folder: `assays.csv` when present, else every `<task>/<assay>.csv`."""
+    root = Path(root)
+    table = root / "assays.csv"
+    if table.exists():
+        out = []
+        with table.open(newline="", encoding="utf-8") as f:
+            for i, row in enumerate(csv.DictReader(f), start=2):
+                fav = (row.get("favourable") or "higher").strip()
+                if fav not in ("higher", "lower"):
+                    raise DataError(f"{table}: row {i}: favourable must be 'higher' or 'lower', got {fav!r}")
+                out.append(Assay(row["task"].strip(), row["assay"].strip(), fav, (row.get("measure") or "").strip()))
+        return sort_assays(out)
+    found = [Assay(p.parent.name, p.stem) for p in sorted(root.glob("*/*.csv"))]
+    if not found:
+        raise DataError(f"{root}: no assays.csv and no <task>/<assay>.csv files")
+    return sort_assays(found)
+
+
+def sort_assays(assays: list[Assay]) -> list[Assay]:
+    order = {t: i for i, t in enumerate(FITNESS_TASKS)}
+    return sorted(assays, key=lambda a: (order.get(a.task, len(order)), a.task, a.name))
+
+
+def read_assay_csv(path: Path, max_length: int = MAX_CHAIN_LENGTH) -> list[tuple[str, str, float]]:
+    """Rows of one assay file, every sequence validated; a bad row raises DataError naming file and row."""
+    rows = []
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"heavy", "light", "fitness"} - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(f"{path}: missing column(s) {sorted(missing)}; expected heavy,light,fitness")
+        for i, row in enumerate(reader, start=2):
+            chains = {}
+            for col in ("heavy", "light"):
+                seq = normalise(row[col] or "")
+                problem = chain_problem(seq, max_length)
+                if problem:
+                    raise DataError(f"{path}: row {i}, column {col}: {problem}")
+                chains[col] = seq
+            try:
+                value = float(row["fitness"])
+            except (TypeError, ValueError):
+                raise DataError(f"{path}: row {i}, column fitness: not a number: {row['fitness']!r}") from None
+            if not np.isfinite(value):
+                raise DataError(f"{path}: row {i}, column fitness: not finite: {row['fitness']!r}")
+            rows.append((chains["heavy"], chains["light"], value))
+    return rows
+
+
+def load_flab(root: str | Path, assays: list[Assay] | None = None,
+              max_length: int = MAX_CHAIN_LENGTH) -> FitnessData:
+    """Load a FLAb folder. `assays` fixes the assay list (and order), as the job configuration does;
+    an assay of that list with no file at this site simply has no labels here."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    assays = sort_assays(assays) if assays is not None else load_assays(root)
+    values: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    order: list[tuple[str, str]] = []
+    for j, assay in enumerate(assays):
+        path = root / assay.task / f"{assay.name}.csv"
+        if not path.exists():
+            continue
+        for heavy, light, value in read_assay_csv(path, max_length):
+            key = (heavy, light)
+            if key not in values:
+                order.append(key)
+            values[key][j].append(value)
+    heavy, light, rows = [], [], []
+    for key in order:
+        per_assay = values[key]
+        for copy in range(max(len(v) for v in per_assay.values())):
+            row = np.full(len(assays), np.nan, dtype=np.float32)
+            for j, vals in per_assay.items():
+                if copy < len(vals):
+                    row[j] = vals[copy]
+            heavy.append(key[0])
+            light.append(key[1])
+            rows.append(row)
+    labels = np.stack(rows) if rows else np.zeros((0, len(assays)), dtype=np.float32)
+    return FitnessData(heavy, light, labels, list(assays))
+
+
+def write_flab(data: FitnessData, root: str | Path) -> Path:
+    """Write FitnessData in FLAb layout (one CSV per assay with its rows, plus assays.csv)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / "assays.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["task", "assay", "rows", "measure", "favourable"])
+        counts = data.rows_per_assay()
+        for a in data.assays:
+            w.writerow([a.task, a.name, counts[a.key], a.measure, a.favourable])
+    for j, a in enumerate(data.assays):
+        (root / a.task).mkdir(exist_ok=True)
+        with (root / a.task / f"{a.name}.csv").open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["heavy", "light", "fitness"])
+            for hv, lt, v in zip(data.heavy, data.light, data.labels[:, j]):
+                if not np.isnan(v):
+                    w.writerow([hv, lt, repr(float(v))])
+    return root

@@ -1,0 +1,82 @@
+"""Financial PhraseBank: latin-1 text files of `sentence@label` lines, one file per agreement level."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .sequences import DataError
+
+SENTIMENT_LABELS = ("negative", "neutral", "positive")
+AGREEMENT_FILES = {"50": "Sentences_50Agree.txt", "66": "Sentences_66Agree.txt",
+                   "75": "Sentences_75Agree.txt", "all": "Sentences_AllAgree.txt"}
+
+
+@dataclass
+class SentimentData:
+    texts: list[str]
+    labels: np.ndarray   # int64 [N], index into SENTIMENT_LABELS
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, idx) -> "SentimentData":
+        idx = np.asarray(idx, dtype=np.int64)
+        return SentimentData([self.texts[i] for i in idx], self.labels[idx])
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for t, y in zip(self.texts, self.labels):
+            h.update(f"{t}@{int(y)}\n".encode())
+        return h.hexdigest()
+
+
+def fpb_path(path: str | Path, agreement: str = "50") -> Path:
+    """A file, or a folder holding the FPB files (pick by agreement level 50/66/75/all)."""
+    path = Path(path)
+    if path.is_dir():
+        key = str(agreement).lower().removesuffix("agree")
+        if key not in AGREEMENT_FILES:
+            raise DataError(f"unknown agreement level {agreement!r}; choose one of {sorted(AGREEMENT_FILES)}")
+        path = path / AGREEMENT_FILES[key]
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    return path
+
+
+def load_fpb(path: str | Path, agreement: str = "50") -> SentimentData:
+    """Read an FPB file; a sentence that occurs more than once is kept once (its first label), so a
+    duplicate can never end up on both sides of a split."""
+    path = fpb_path(path, agreement)
+    texts, labels, seen = [], [], set()
+    with path.open(encoding="latin-1") as f:
+        for i, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            text, sep, label = line.rpartition("@")
+            label = label.strip().lower()
+            if not sep or label not in SENTIMENT_LABELS:
+                raise DataError(f"{path}: line {i}: expected 'sentence@label' with label in "
+                                f"{SENTIMENT_LABELS}, got {line[-40:]!r}")
+            text = text.strip()
+            if not text:
+                raise DataError(f"{path}: line {i}: empty sentence")
+            if text in seen:
+                continue
+            seen.add(text)
+            texts.append(text)
+            labels.append(SENTIMENT_LABELS.index(label))
+    return SentimentData(texts, np.asarray(labels, dtype=np.int64))
+
+
+def write_fpb(data: SentimentData, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="latin-1", errors="replace", newline="\r\n") as f:
+        for t, y in zip(data.texts, data.labels):
+            f.write(f"{t}@{SENTIMENT_LABELS[int(y)]}\n")
+    return path
