@@ -1,0 +1,304 @@
+"""The export bundle: the only contract between training and serving.
+
+A bundle is a folder that holds everything needed to serve a trained model and nothing else:
+
+    manifest.json                 format version, kind, trunk architecture + config, tokenizer files, tasks and
+                                  assays (or labels), per-head-set target statistics, sites, which head sets are
+                                  global / per site, metrics, provenance, tensor shapes, sha256 of every file
+    trunk/config.json, tokenizer files, trunk/model.safetensors   a plain Hugging Face encoder folder
+    heads/global.safetensors      heads averaged by the server (shared heads / local training)
+    heads/<site>.safetensors      a site's own heads (private heads published at the end of a job)
+
+Loading verifies every digest and every tensor shape against the manifest and refuses a corrupt or
+mismatched bundle with a BundleError that says which file and why. Saving writes into a temporary sibling
+folder and renames it into place, so a watcher never sees half a bundle.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .data.flab import Assay
+from .data.fpb import SENTIMENT_LABELS
+from .data.stats import AssayStats
+from .models import FitnessModel, SentimentModel, TrunkConfig, load_trunk, merge_trunk
+
+FORMAT = "fedtune-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+GLOBAL = "global"
+
+
+class BundleError(RuntimeError):
+    """A bundle that cannot be used: missing, corrupt (digest), or not matching its manifest."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tensor_spec(tensors: dict[str, torch.Tensor]) -> dict[str, dict]:
+    return {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()}
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def save_bundle(out_dir: str | Path, model: nn.Module, *, trunk_cfg: TrunkConfig,
+                stats: AssayStats | None = None, include_global: bool = True,
+                site_heads: dict[str, dict[str, torch.Tensor]] | None = None,
+                site_stats: dict[str, AssayStats] | None = None, heads_mode: str = "shared",
+                sites: list[str] | None = None, metrics: dict | None = None,
+                provenance: dict | None = None) -> Path:
+    """Write `model` (its trunk, and its heads as the global head set when include_global) plus any per-site
+    heads (`site_heads[site]` = a state dict with keys `heads.<task>....` or `<task>....`).
+
+    `stats` are the target statistics of the global heads; `site_stats[site]` those of a site's heads
+    (default: `stats`)."""
+    out_dir = Path(out_dir)
+    kind = model.kind
+    if kind == "fitness" and stats is None:
+        raise ValueError("a fitness bundle needs the assay statistics")
+    site_heads = site_heads or {}
+    if not include_global and not site_heads:
+        raise ValueError("a bundle needs global heads or at least one site's heads")
+    model = merge_trunk(copy.deepcopy(model).to("cpu"))
+    trunk = model.trunk
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        (tmp / "trunk").mkdir()
+        (tmp / "heads").mkdir()
+        trunk.base_config().to_json_file(str(tmp / "trunk" / "config.json"))
+        trunk.tokenizer.save_pretrained(str(tmp / "trunk"))
+        tensors: dict[str, dict] = {}
+        trunk_state = _contiguous(trunk.encoder.state_dict())
+        save_file(trunk_state, str(tmp / "trunk" / "model.safetensors"))
+        tensors["trunk/model.safetensors"] = _tensor_spec(trunk_state)
+
+        head_sets: dict[str, dict] = {}
+        all_stats: dict[str, dict] = {}
+        sets = ({GLOBAL: _contiguous(model.heads.state_dict())} if include_global else {})
+        for site, state in site_heads.items():
+            state = _strip(state, "heads.") if any(k.startswith("heads.") for k in state) else state
+            sets[site] = _contiguous(state)
+        for name, state in sets.items():
+            rel = f"heads/{name}.safetensors"
+            save_file(state, str(tmp / rel))
+            tensors[rel] = _tensor_spec(state)
+            head_sets[name] = {"file": rel, "scope": "global" if name == GLOBAL else "site"}
+            st = stats if name == GLOBAL else (site_stats or {}).get(name, stats)
+            if st is not None:
+                all_stats[name] = st.to_dict()
+
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "kind": kind,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "trunk": {
+                "architecture": trunk.base_config().model_type,
+                "hidden_size": trunk.hidden_size,
+                "config": {**trunk_cfg.to_dict(), "source": "trunk", "mode": "full"},
+                "trained_mode": trunk_cfg.mode,
+                "source": trunk_cfg.source,
+                "residue_separator": trunk.residue_sep,
+                "files": [str(p.relative_to(tmp)) for p in files if p.parent.name == "trunk"],
+            },
+            "heads": {"hidden": list(model.head_hidden), "mode": heads_mode, "sets": head_sets},
+            "sites": sites if sites is not None else [s for s in head_sets if s != GLOBAL],
+            "target_stats": all_stats,
+            "metrics": metrics or {},
+            "provenance": provenance or {},
+            "tensors": tensors,
+            "files": {str(p.relative_to(tmp)): sha256_file(p) for p in files},
+        }
+        if kind == "fitness":
+            manifest["tasks"] = list(model.tasks)
+            manifest["assays"] = [a.to_dict() for a in model.assays]
+        else:
+            manifest["labels"] = list(SENTIMENT_LABELS)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+    model: nn.Module                       # trunk + the default head set, eval mode
+    head_sets: dict[str, nn.ModuleDict]    # "global" and/or site names
+    stats: dict[str, AssayStats] = field(default_factory=dict)
+    digest: str = ""                       # sha256 of manifest.json: identifies this exact bundle
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def sites(self) -> list[str]:
+        return [s for s in self.head_sets if s != GLOBAL]
+
+    @property
+    def has_global(self) -> bool:
+        return GLOBAL in self.head_sets
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def resolve_sets(self, head_set: str | None) -> list[str]:
+        """The head sets that answer a request: the named one; else global; else every site (mean)."""
+        if head_set is not None:
+            if head_set not in self.head_sets:
+                raise KeyError(f"unknown site {head_set!r}; known: {sorted(self.head_sets)}")
+            return [head_set]
+        return [GLOBAL] if self.has_global else self.sites
+
+    @torch.inference_mode()
+    def predict_fitness(self, heavy: list[str], light: list[str], head_set: str | None = None,
+                        tasks: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Oriented z per assay output, {task: [B, n_assays_of_task]}; the mean over sites when no global
+        heads exist and no site is named. One trunk pass, fanned out to the heads."""
+        if self.kind != "fitness":
+            raise BundleError(f"{self.path}: a {self.kind} bundle cannot predict fitness")
+        emb = self.model.embed(heavy, light).float()
+        names = self.resolve_sets(head_set)
+        outs = [self.model.apply_heads(emb, self.head_sets[n], tasks) for n in names]
+        return {t: torch.stack([o[t].float() for o in outs]).mean(0).cpu().numpy() for t in outs[0]}
+
+    @torch.inference_mode()
+    def predict_sentiment(self, texts: list[str], head_set: str | None = None) -> np.ndarray:
+        if self.kind != "sentiment":
+            raise BundleError(f"{self.path}: a {self.kind} bundle cannot predict sentiment")
+        emb = self.model.embed(texts).float()
+        probs = [self.model.apply_heads(emb, self.head_sets[n]).float().softmax(-1)
+                 for n in self.resolve_sets(head_set)]
+        return torch.stack(probs).mean(0).cpu().numpy()
+
+
+def read_manifest(path: str | Path) -> dict:
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{path}: not a bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{mpath}: unreadable manifest: {exc}") from None
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{mpath}: not a {FORMAT} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{mpath}: format version {manifest.get('format_version')} is not supported "
+                          f"(this fedtune reads version {FORMAT_VERSION})")
+    return manifest
+
+
+def verify_files(path: Path, manifest: dict) -> None:
+    files = manifest.get("files") or {}
+    if not files:
+        raise BundleError(f"{path}: manifest lists no files")
+    for rel, digest in files.items():
+        f = path / rel
+        if not f.is_file():
+            raise BundleError(f"{path}: missing file {rel}")
+        actual = sha256_file(f)
+        if actual != digest:
+            raise BundleError(f"{path}: {rel} is corrupt: sha256 {actual[:16]}... does not match the manifest's "
+                              f"{digest[:16]}...")
+
+
+def _load_tensors(path: Path, rel: str, manifest: dict) -> dict[str, torch.Tensor]:
+    try:
+        state = load_file(str(path / rel))
+    except (SafetensorError, OSError) as exc:
+        raise BundleError(f"{path}: {rel}: unreadable weights: {exc}") from None
+    expected = manifest["tensors"].get(rel)
+    if expected is None:
+        raise BundleError(f"{path}: {rel} has no tensor list in the manifest")
+    if _tensor_spec(state) != expected:
+        missing = set(expected) ^ set(state)
+        detail = f"keys differ: {sorted(missing)[:5]}" if missing else "shapes or dtypes differ"
+        raise BundleError(f"{path}: {rel} does not match the manifest ({detail})")
+    return state
+
+
+def _load_into(module: nn.Module, state: dict, path: Path, rel: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise BundleError(f"{path}: {rel} does not fit the model described by the manifest: "
+                          f"{str(exc).splitlines()[0]}") from None
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """Load and fully verify a bundle. Raises BundleError on anything missing, corrupt or mismatched."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    verify_files(path, manifest)
+    try:
+        kind = manifest["kind"]
+        cfg = TrunkConfig.from_dict({**manifest["trunk"]["config"], "source": str(path / "trunk")})
+        trunk = load_trunk(cfg, weights=False)
+        _load_into(trunk.encoder, _load_tensors(path, "trunk/model.safetensors", manifest), path,
+                   "trunk/model.safetensors")
+        hidden = tuple(manifest["heads"]["hidden"])
+        if kind == "fitness":
+            model = FitnessModel(trunk, [Assay.from_dict(a) for a in manifest["assays"]], hidden)
+        elif kind == "sentiment":
+            model = SentimentModel(trunk, hidden)
+        else:
+            raise BundleError(f"{path}: unknown kind {kind!r}")
+        head_sets = {}
+        for name, spec in manifest["heads"]["sets"].items():
+            heads = model.new_heads()
+            _load_into(heads, _load_tensors(path, spec["file"], manifest), path, spec["file"])
+            head_sets[name] = heads
+        if not head_sets:
+            raise BundleError(f"{path}: the bundle holds no heads")
+        stats = {name: AssayStats.from_dict(d) for name, d in manifest.get("target_stats", {}).items()}
+        if kind == "fitness" and set(stats) != set(head_sets):
+            raise BundleError(f"{path}: target statistics missing for head sets "
+                              f"{sorted(set(head_sets) - set(stats))}")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path}: manifest does not describe a usable model: {exc!r}") from None
+    model.heads = head_sets.get(GLOBAL, next(iter(head_sets.values())))
+    model.to(device).eval()
+    for heads in head_sets.values():
+        heads.to(device).eval()
+    return Bundle(path, manifest, model, head_sets, stats, sha256_file(path / MANIFEST))
