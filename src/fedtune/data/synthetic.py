@@ -14,17 +14,17 @@ from .fpb import SentimentData
 from .sequences import AMINO_ACIDS
 
 SYNTHETIC_ASSAYS = [
-    Assay("aggregation", "synthetic_hic", "lower", "HIC retention time (min)"),
     Assay("aggregation", "synthetic_acsins", "lower", "AC-SINS shift (nm)"),
+    Assay("aggregation", "synthetic_hic", "lower", "HIC retention time (min)"),
     Assay("binding", "synthetic_kd", "higher", "-log10 KD (M)"),
     Assay("expression", "synthetic_titer", "higher", "titer (mg/L)"),
     Assay("immunogenicity", "synthetic_ada", "lower", "% patients with ADA"),
-    Assay("polyreactivity", "synthetic_psr", "lower", "PSR score"),
     Assay("polyreactivity", "synthetic_elisa", "lower", "ELISA score"),
+    Assay("polyreactivity", "synthetic_psr", "lower", "PSR score"),
     Assay("thermostability", "synthetic_tm", "higher", "Tm (deg C)"),
-]
+]  # sorted by task, then name: the order load_flab gives back
 # (offset, scale) of each assay's own units
-_UNITS = [(10.0, 1.5), (8.0, 6.0), (8.5, 1.0), (120.0, 40.0), (5.0, 4.0), (0.2, 0.15), (1.5, 1.0), (70.0, 5.0)]
+_UNITS = [(8.0, 6.0), (10.0, 1.5), (8.5, 1.0), (120.0, 40.0), (5.0, 4.0), (1.5, 1.0), (0.2, 0.15), (70.0, 5.0)]
 
 _HEAVY_PARENT = ("EVQLVESGGGLVQPGGSLRLSCAASGFTFSSYAMSWVRQAPGKGLEWVSAISGSGGSTYYADSVKGRFTISRDNSKNTLYLQMNSL"
                  "RAEDTAVYYCAKDRGYSSGWYFDYWGQGTLVTVSS")

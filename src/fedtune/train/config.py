@@ -36,3 +36,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+DEFAULT_TRUNK = {"fitness": "antiberty", "sentiment": "minilm"}
+DEFAULT_MODE = {"fitness": "frozen", "sentiment": "full"}
+
+
+def default_train_config(kind: str, mode: str, **overrides) -> TrainConfig:
+    """Sensible defaults per task and trunk mode (a frozen trunk only trains small heads: more epochs)."""
+    base = {"fitness": dict(epochs=60, batch_size=32, lr=1e-5, patience=10),
+            "sentiment": dict(epochs=4, batch_size=32, lr=5e-5, patience=2)}[kind]
+    if mode == "frozen":
+        base.update(epochs=max(base["epochs"], 60), patience=10)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**base)
