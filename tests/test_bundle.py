@@ -102,3 +102,16 @@ def test_sentiment_bundle_round_trip(tmp_path, tiny_text_trunk):
     assert bundle.manifest["labels"] == ["negative", "neutral", "positive"]
     with pytest.raises(BundleError, match="cannot predict fitness"):
         bundle.predict_fitness(["EVQL"], ["DIQM"])
+
+
+def test_ptuning_bundle_serves_the_learned_virtual_tokens(tmp_path, tiny_antibody_trunk):
+    data = synthetic_fitness(8, seed=1)
+    cfg = TrunkConfig(str(tiny_antibody_trunk), mode="ptuning", virtual_tokens=5)
+    model = build_model("fitness", cfg, data.assays).eval()
+    bundle = load_bundle(save_bundle(tmp_path / "p", model, trunk_cfg=cfg, stats=AssayStats.fit(data)))
+    assert bundle.manifest["trunk"]["virtual_tokens"] == 5
+    with torch.no_grad():
+        expected = model(data.heavy, data.light)
+    got = bundle.predict_fitness(data.heavy, data.light)
+    for task, value in expected.items():
+        np.testing.assert_allclose(got[task], value.numpy(), atol=1e-5)

@@ -36,6 +36,7 @@ from .data.flab import Assay
 from .data.fpb import SENTIMENT_LABELS
 from .data.stats import AssayStats
 from .models import FitnessModel, SentimentModel, TrunkConfig, load_trunk, merge_trunk
+from .models.modes import FixedPrompt
 
 FORMAT = "fedtune-bundle"
 FORMAT_VERSION = 1
@@ -98,6 +99,12 @@ def save_bundle(out_dir: str | Path, model: nn.Module, *, trunk_cfg: TrunkConfig
         trunk_state = _contiguous(trunk.encoder.state_dict())
         save_file(trunk_state, str(tmp / "trunk" / "model.safetensors"))
         tensors["trunk/model.safetensors"] = _tensor_spec(trunk_state)
+        virtual_tokens = 0
+        if trunk.prompt is not None:     # p-tuning: the fixed virtual tokens
+            prompt_state = _contiguous(trunk.prompt.state_dict())
+            save_file(prompt_state, str(tmp / "trunk" / "prompt.safetensors"))
+            tensors["trunk/prompt.safetensors"] = _tensor_spec(prompt_state)
+            virtual_tokens = int(prompt_state["tokens"].shape[0])
 
         head_sets: dict[str, dict] = {}
         all_stats: dict[str, dict] = {}
@@ -127,6 +134,7 @@ def save_bundle(out_dir: str | Path, model: nn.Module, *, trunk_cfg: TrunkConfig
                 "trained_mode": trunk_cfg.mode,
                 "source": trunk_cfg.source,
                 "residue_separator": trunk.residue_sep,
+                "virtual_tokens": virtual_tokens,
                 "files": [str(p.relative_to(tmp)) for p in files if p.parent.name == "trunk"],
             },
             "heads": {"hidden": list(model.head_hidden), "mode": heads_mode, "sets": head_sets},
@@ -277,6 +285,10 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         trunk = load_trunk(cfg, weights=False)
         _load_into(trunk.encoder, _load_tensors(path, "trunk/model.safetensors", manifest), path,
                    "trunk/model.safetensors")
+        if manifest["trunk"].get("virtual_tokens"):
+            trunk.prompt = FixedPrompt(torch.zeros(manifest["trunk"]["virtual_tokens"], trunk.hidden_size))
+            _load_into(trunk.prompt, _load_tensors(path, "trunk/prompt.safetensors", manifest), path,
+                       "trunk/prompt.safetensors")
         hidden = tuple(manifest["heads"]["hidden"])
         if kind == "fitness":
             model = FitnessModel(trunk, [Assay.from_dict(a) for a in manifest["assays"]], hidden)

@@ -69,7 +69,7 @@ def test_heads_per_task_with_one_output_per_assay(tiny_antibody_trunk):
     assert layers == [128, 64, 32, 2]
 
 
-@pytest.mark.parametrize("mode", ["frozen", "full", "lora"])
+@pytest.mark.parametrize("mode", ["frozen", "full", "lora", "ptuning"])
 def test_trunk_modes_decide_what_trains_and_travels(tiny_antibody_trunk, mode):
     model = build_model("fitness", TrunkConfig(str(tiny_antibody_trunk), mode=mode), SYNTHETIC_ASSAYS)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -80,9 +80,23 @@ def test_trunk_modes_decide_what_trains_and_travels(tiny_antibody_trunk, mode):
         assert not trunk
     elif mode == "lora":
         assert trunk and all("lora_" in n for n in trunk)
+    elif mode == "ptuning":      # only the prompt encoder (and the heads) train and travel
+        assert trunk and all(n.startswith("trunk.prompt.encoder.") for n in trunk)
     else:
         assert trunk == {n for n, _ in model.named_parameters() if n.startswith("trunk.")}
     shared = set(travelling_keys(model, private_heads=False))
     private = set(travelling_keys(model, private_heads=True))
     assert heads <= shared and not any(k.startswith("heads.") for k in private)
     assert private == {k for k in shared if not k.startswith("heads.")}
+
+
+def test_ptuning_prompt_changes_embeddings_but_not_padding_invariance(tiny_antibody_trunk):
+    plain = build_model("fitness", TrunkConfig(str(tiny_antibody_trunk), mode="frozen"), SYNTHETIC_ASSAYS).eval()
+    prompted = build_model("fitness", TrunkConfig(str(tiny_antibody_trunk), mode="ptuning", virtual_tokens=4),
+                           SYNTHETIC_ASSAYS).eval()
+    with torch.no_grad():
+        a = plain.embed([HEAVY], [LIGHT])
+        b = prompted.embed([HEAVY], [LIGHT])
+        c = prompted.embed([HEAVY, HEAVY + "AAAAAAAA"], [LIGHT, LIGHT])
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(c[0], b[0], atol=1e-5, rtol=1e-5)

@@ -21,6 +21,7 @@ class Mode(str, Enum):
     frozen = "frozen"
     full = "full"
     lora = "lora"
+    ptuning = "ptuning"
 
 
 def fail(message: str) -> None:
@@ -72,7 +73,7 @@ def train_local_cmd(
     out: Annotated[Path, typer.Option(help="run folder: metrics.json, tb/ (TensorBoard), bundle/")],
     trunk: Annotated[Optional[str], typer.Option(
         help="antiberty | minilm | a local Hugging Face encoder folder (default per kind)")] = None,
-    trunk_mode: Annotated[Optional[Mode], typer.Option(help="frozen | full | lora (default per kind)")] = None,
+    trunk_mode: Annotated[Optional[Mode], typer.Option(help="frozen | full | lora | ptuning (default per kind)")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="maximum epochs (early stopping on validation)")] = None,
     batch_size: Annotated[Optional[int], typer.Option()] = None,
     lr: Annotated[Optional[float], typer.Option(help="trunk learning rate (full mode)")] = None,

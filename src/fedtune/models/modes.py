@@ -1,12 +1,40 @@
 """Trunk modes: `full` (everything trains), `frozen` (only heads train), `lora` (low-rank adapters from
-`peft` on the attention projections + heads). `travelling_keys` says which state-dict entries a site sends
+`peft` on the attention projections + heads), `ptuning` (learned virtual prompt tokens from `peft`'s prompt
+encoder in front of a frozen trunk + heads). `travelling_keys` says which state-dict entries a site sends
 in a federated round: what can change, minus private heads."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .trunk import TrunkConfig
+
+
+class PromptTokens(nn.Module):
+    """P-tuning: `peft`'s PromptEncoder (embedding + MLP reparameterisation) producing the virtual tokens."""
+
+    def __init__(self, n_tokens: int, dim: int, hidden: int):
+        super().__init__()
+        from peft.tuners.p_tuning import PromptEncoder, PromptEncoderConfig
+        cfg = PromptEncoderConfig(num_virtual_tokens=n_tokens, token_dim=dim, num_transformer_submodules=1,
+                                  encoder_hidden_size=hidden, encoder_reparameterization_type="MLP")
+        self.encoder = PromptEncoder(cfg)
+        self.register_buffer("indices", torch.arange(n_tokens), persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        return self.encoder(self.indices)
+
+
+class FixedPrompt(nn.Module):
+    """The virtual tokens computed once (what an export bundle stores for serving)."""
+
+    def __init__(self, tokens: torch.Tensor):
+        super().__init__()
+        self.tokens = nn.Parameter(tokens.detach().clone(), requires_grad=False)
+
+    def forward(self) -> torch.Tensor:
+        return self.tokens
 
 LORA_TARGET_CANDIDATES = ("query", "value", "q_proj", "v_proj", "q", "v", "qkv", "Wqkv")
 
@@ -28,17 +56,25 @@ def apply_trunk_mode(model: nn.Module, cfg: TrunkConfig) -> nn.Module:
         lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=lora_targets(trunk.encoder, cfg.lora_targets), bias="none")
         trunk.encoder = get_peft_model(trunk.encoder, lcfg)
+    elif cfg.mode == "ptuning":
+        trunk.prompt = PromptTokens(cfg.virtual_tokens, trunk.hidden_size, cfg.prompt_hidden).to(
+            next(trunk.encoder.parameters()).device)
     for name, p in trunk.named_parameters():
-        p.requires_grad = cfg.mode == "full" or (cfg.mode == "lora" and "lora_" in name)
+        p.requires_grad = (cfg.mode == "full" or (cfg.mode == "lora" and "lora_" in name)
+                           or (cfg.mode == "ptuning" and name.startswith("prompt.")))
     model.trunk_mode = cfg.mode
     return model
 
 
 def merge_trunk(model: nn.Module) -> nn.Module:
-    """Fold LoRA adapters into the trunk weights (for export): a plain encoder afterwards."""
+    """For export: fold LoRA adapters into the trunk weights (a plain encoder afterwards) and turn a
+    p-tuning prompt encoder into its fixed virtual tokens."""
     enc = model.trunk.encoder
     if hasattr(enc, "merge_and_unload"):
         model.trunk.encoder = enc.merge_and_unload()
+    if isinstance(model.trunk.prompt, PromptTokens):
+        with torch.no_grad():
+            model.trunk.prompt = FixedPrompt(model.trunk.prompt())
     model.trunk_mode = "full" if getattr(model, "trunk_mode", "full") == "lora" else getattr(model, "trunk_mode", "full")
     return model
 

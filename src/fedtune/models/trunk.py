@@ -19,7 +19,7 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-TRUNK_MODES = ("frozen", "full", "lora")
+TRUNK_MODES = ("frozen", "full", "lora", "ptuning")
 
 
 @dataclass
@@ -31,6 +31,8 @@ class TrunkConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=list)   # empty: the attention query/value projections
+    virtual_tokens: int = 20         # p-tuning: learned prompt tokens in front of every input
+    prompt_hidden: int = 128         # p-tuning: hidden size of the prompt encoder's MLP
 
     def __post_init__(self):
         if self.mode not in TRUNK_MODES:
@@ -77,6 +79,7 @@ class Trunk(nn.Module):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.residue_sep = self._residue_separator()
+        self.prompt: nn.Module | None = None     # p-tuning: a module returning [virtual_tokens, H]
 
     @property
     def hidden_size(self) -> int:
@@ -102,9 +105,18 @@ class Trunk(nn.Module):
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "pool_mask": pool}
 
     def forward(self, input_ids, attention_mask, pool_mask=None) -> torch.Tensor:
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        pool_mask = attention_mask.bool() if pool_mask is None else pool_mask
+        if self.prompt is None:
+            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        else:   # virtual tokens go first; they steer the real tokens through attention but are not pooled
+            embeds = self.encoder.get_input_embeddings()(input_ids)
+            prompt = self.prompt().to(embeds.dtype).unsqueeze(0).expand(len(input_ids), -1, -1)
+            ones = attention_mask.new_ones(prompt.shape[:2])
+            out = self.encoder(inputs_embeds=torch.cat([prompt, embeds], 1),
+                               attention_mask=torch.cat([ones, attention_mask], 1))
+            pool_mask = torch.cat([torch.zeros_like(ones, dtype=torch.bool), pool_mask], 1)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        return masked_mean(hidden, attention_mask.bool() if pool_mask is None else pool_mask)
+        return masked_mean(hidden, pool_mask)
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 32
     lr: float = 2e-5              # trunk parameters in `full` mode
-    lora_lr: float = 5e-4         # adapter parameters in `lora` mode
+    adapter_lr: float = 5e-4      # adapter parameters: LoRA matrices, p-tuning prompt encoder
     head_lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1

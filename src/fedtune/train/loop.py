@@ -43,7 +43,8 @@ class Trainer:
 
     # ---- setup -------------------------------------------------------------------------------------
     def _optimizer(self) -> torch.optim.Optimizer:
-        trunk_lr = self.cfg.lora_lr if getattr(self.model, "trunk_mode", "full") == "lora" else self.cfg.lr
+        adapters = getattr(self.model, "trunk_mode", "full") in ("lora", "ptuning")
+        trunk_lr = self.cfg.adapter_lr if adapters else self.cfg.lr
         groups = [
             {"params": [p for p in self.model.trunk.parameters() if p.requires_grad], "lr": trunk_lr},
             {"params": [p for p in self.model.heads.parameters() if p.requires_grad], "lr": self.cfg.head_lr},
