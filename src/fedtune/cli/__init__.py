@@ -31,6 +31,6 @@ for _name in _AREAS:
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    logging.basicConfig(level=os.environ.get("FEDTUNE_LOG_LEVEL", "INFO"),
+    logging.basicConfig(level=os.environ.get("FEDTUNE_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app()

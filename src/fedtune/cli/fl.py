@@ -1,0 +1,169 @@
+"""`fedtune provision | server | client | submit | export`: the federated-learning commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app
+from .local import Kind, Mode, fail
+
+
+@app.command()
+def provision(
+    out: Annotated[Path, typer.Option(help="provisioning folder (project.yml, kits, root CA state)")],
+    sites: Annotated[int, typer.Option(help="number of sites: site-1 ... site-N")] = 3,
+    server_name: Annotated[str, typer.Option(help="server host name as clients reach it (CN/SAN of its "
+                                                  "certificate): localhost, or the service name in containers")] = "localhost",
+    scheme: Annotated[str, typer.Option(help="transport: grpc (default) or http")] = "grpc",
+    host_name: Annotated[Optional[list[str]], typer.Option(help="extra server host names (SANs); repeatable")] = None,
+    fl_port: Annotated[int, typer.Option(help="federated-learning port")] = 8002,
+    admin_port: Annotated[int, typer.Option(help="admin port")] = 8003,
+    force: Annotated[bool, typer.Option(help="provision anew even if OUT holds kits (new root CA)")] = False,
+):
+    """Run real NVFlare provisioning: root CA + startup kits for the server, every site and an admin.
+
+    Existing kits in OUT are reused unless --force. The root CA key stays in OUT/workspace/fedtune/state:
+    keep it out of images and off the sites."""
+    from fedtune.fl.provision import provision as run_provision
+
+    try:
+        kits = run_provision(out, sites, server_name, scheme, host_name or [], fl_port, admin_port, reuse=not force)
+    except (ValueError, RuntimeError) as exc:
+        fail(str(exc))
+    typer.echo(f"server kit: {kits.server}")
+    for site, kit in kits.sites.items():
+        typer.echo(f"{site} kit: {kit}")
+    typer.echo(f"admin kit:  {kits.admin}")
+
+
+@app.command()
+def server(
+    kit: Annotated[Path, typer.Option(help="the server's startup kit folder")],
+    client_outcome_wait: Annotated[Optional[float], typer.Option(
+        help="seconds a finished job waits for the outcome of a site that stopped answering before it is "
+             "marked finished [NVFLARE_CLIENT_OUTCOME_WAIT_TIMEOUT, 60]")] = None,
+):
+    """Run the NVFlare server in the foreground (job storage inside the kit). Stops on SIGTERM / Ctrl-C."""
+    from fedtune.fl.process import StartupError, run_server
+
+    try:
+        raise typer.Exit(run_server(kit, client_outcome_wait))
+    except StartupError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def client(
+    kit: Annotated[Path, typer.Option(help="this site's startup kit folder")],
+    data: Annotated[Path, typer.Option(help="this site's data folder (see `fedtune prepare-data`)")],
+    site: Annotated[Optional[str], typer.Option(help="site name; must match the kit (default: the kit's)")] = None,
+    startup_deadline: Annotated[float, typer.Option(help="seconds to register with the server before giving "
+                                                         "up (a kit from another provisioning never can)")] = 120.0,
+):
+    """Run one site's NVFlare client in the foreground; its jobs train on DATA, which never leaves the site."""
+    from fedtune.fl.process import StartupError, run_client
+
+    try:
+        raise typer.Exit(run_client(kit, site, data, startup_deadline))
+    except StartupError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def submit(
+    kind: Annotated[Kind, typer.Argument(help="fitness or sentiment")],
+    admin_kit: Annotated[Path, typer.Option(help="the admin's startup kit folder")],
+    out: Annotated[Path, typer.Option(help="folder to download the job result into")],
+    rounds: Annotated[int, typer.Option(help="federated rounds")] = 3,
+    local_epochs: Annotated[int, typer.Option(help="epochs each site trains per round")] = 2,
+    heads: Annotated[str, typer.Option(help="fitness: shared (averaged by the server) or private (never sent "
+                                            "while training)")] = "shared",
+    publish_heads: Annotated[bool, typer.Option(help="private heads: each site sends its final heads once at "
+                                                     "the end so the bundle can serve per-site predictions; "
+                                                     "--no-publish-heads keeps them on site")] = True,
+    trunk: Annotated[Optional[str], typer.Option(help="antiberty | minilm | a local HF encoder folder that "
+                                                      "exists at the same path on server and sites")] = None,
+    trunk_mode: Annotated[Optional[Mode], typer.Option(help="frozen | full | lora | ptuning")] = None,
+    assays_from: Annotated[Optional[Path], typer.Option(help="fitness: a FLAb folder or assays.csv whose assay "
+                                                             "table the job uses (default: the synthetic assays)")] = None,
+    min_sites: Annotated[int, typer.Option(help="a round closes once this many sites answered (+ grace)")] = 2,
+    grace: Annotated[int, typer.Option(help="seconds to wait for the other sites after min-sites answered")] = 20,
+    round_timeout: Annotated[int, typer.Option(help="hard limit per round in seconds (0: none)")] = 0,
+    name: Annotated[Optional[str], typer.Option(help="job name")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="trunk learning rate")] = None,
+    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    metrics_port: Annotated[Optional[int], typer.Option(help="serve training progress as Prometheus metrics on "
+                                                             "this port while the job runs")] = None,
+    timeout: Annotated[float, typer.Option(help="give up (and abort the job) after this many seconds")] = 7200,
+):
+    """Build a FedAvg job, submit it over the admin channel (mTLS), show progress per round, wait, download."""
+    from fedtune.data import SYNTHETIC_ASSAYS, load_assays
+    from fedtune.fl.config import JobConfig
+    from fedtune.fl.federation import print_event
+    from fedtune.fl.job import build_job
+    from fedtune.fl.submit import JobFailed, submit_and_wait
+    from fedtune.train.config import DEFAULT_MODE, DEFAULT_TRUNK, default_train_config
+
+    mode = trunk_mode.value if trunk_mode else DEFAULT_MODE[kind.value]
+    assays = []
+    if kind == Kind.fitness:
+        src = assays_from.parent if assays_from and assays_from.name == "assays.csv" else assays_from
+        assays = [a.to_dict() for a in (load_assays(src) if src else SYNTHETIC_ASSAYS)]
+    train = default_train_config(kind.value, mode, lr=lr, batch_size=batch_size, seed=seed, progress=False)
+    try:
+        job = JobConfig(kind=kind.value, name=name or f"fedtune-{kind.value}", rounds=rounds,
+                        local_epochs=local_epochs, heads=heads, publish_heads=publish_heads, min_sites=min_sites,
+                        grace=grace, round_timeout=round_timeout, seed=seed,
+                        trunk={"source": trunk or DEFAULT_TRUNK[kind.value], "mode": mode},
+                        train=train.to_dict(), assays=assays)
+    except ValueError as exc:
+        fail(str(exc))
+    progress = None
+    if metrics_port:
+        from fedtune.fl.progress import ProgressMetrics
+        progress = ProgressMetrics(metrics_port, kind.value)
+    job_dir = build_job(job, out / "jobs")
+
+    def on_event(ev):
+        print_event(ev)
+        if progress:
+            progress.update(ev)
+
+    try:
+        job_id, result = submit_and_wait(job_dir, admin_kit, out, timeout=timeout, on_event=on_event,
+                                         on_submit=lambda j: typer.echo(f"submitted job {j}"))
+    except (JobFailed, FileNotFoundError) as exc:
+        if progress:
+            progress.failed()
+        fail(str(exc))
+    if progress:
+        progress.finished()
+    typer.echo(f"result: {result}")
+    summary = json.loads((next(result.rglob("summary.json"))).read_text())
+    for site, s in sorted(summary["sites"].items()):
+        fv = s.get("final_val") or {}
+        head = (f"mean Pearson {fv.get('mean_pearson')}" if kind == Kind.fitness
+                else f"accuracy {fv.get('accuracy')}, macro-F1 {fv.get('macro_f1')}")
+        typer.echo(f"  {site}: final validation {head}")
+
+
+@app.command()
+def export(
+    result: Annotated[Path, typer.Option(help="a downloaded job result (from `fedtune submit`)")],
+    out: Annotated[Path, typer.Option(help="bundle folder to write (replaced atomically)")],
+):
+    """Turn a finished job into an export bundle (global trunk + global or per-site heads + manifest)."""
+    from fedtune.fl.export import export_bundle
+
+    try:
+        path = export_bundle(result, out)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        fail(str(exc))
+    typer.echo(f"bundle: {path}")
+    sys.stdout.flush()

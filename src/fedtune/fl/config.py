@@ -1,0 +1,58 @@
+"""The federated job's configuration: one object, identical at every site (the server sends it with the
+model), stored with the result so that export needs nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..data import Assay
+from ..models import TrunkConfig
+from ..train import TrainConfig
+
+HEADS_MODES = ("shared", "private")
+
+
+@dataclass
+class JobConfig:
+    kind: str                                  # fitness | sentiment
+    name: str = "fedtune"
+    rounds: int = 3
+    local_epochs: int = 2
+    heads: str = "shared"                      # shared: averaged by the server; private: never leave the site
+    publish_heads: bool = True                 # private heads: each site sends its final heads once, at the end
+    min_sites: int = 2                         # a round closes once this many sites answered ...
+    round_timeout: int = 0                     # ... and this many seconds passed (0: wait for every site)
+    grace: int = 20                            # after min_sites answered, wait this long for the rest
+    val_fraction: float = 0.2
+    seed: int = 0
+    trunk: dict = field(default_factory=dict)  # TrunkConfig
+    train: dict = field(default_factory=dict)  # TrainConfig
+    assays: list = field(default_factory=list)  # fitness: [Assay dict], the same at every site
+
+    def __post_init__(self):
+        if self.kind not in ("fitness", "sentiment"):
+            raise ValueError(f"unknown kind {self.kind!r}")
+        if self.heads not in HEADS_MODES:
+            raise ValueError(f"unknown heads mode {self.heads!r}; choose one of {HEADS_MODES}")
+        if self.kind == "fitness" and not self.assays:
+            raise ValueError("a fitness job needs its assay list")
+
+    @property
+    def private(self) -> bool:
+        return self.heads == "private"
+
+    def trunk_config(self) -> TrunkConfig:
+        return TrunkConfig.from_dict(self.trunk)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict({**self.train, "epochs": self.local_epochs})
+
+    def assay_list(self) -> list[Assay]:
+        return [Assay.from_dict(a) for a in self.assays]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JobConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})

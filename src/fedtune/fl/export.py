@@ -1,0 +1,46 @@
+"""Turn a finished job's result into an export bundle: the global trunk, the global heads (shared) or every
+site's published heads (private), the pooled assay statistics, per-site final validation metrics and the
+job's provenance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from ..bundle import save_bundle
+from ..data import AssayStats
+from ..models import build_model
+from .config import JobConfig
+from .submit import find_fedtune_dir
+
+
+def load_job_result(result: str | Path):
+    """(job config, summary, full global state dict, {site: head state}) of a downloaded result."""
+    src = find_fedtune_dir(Path(result))
+    job = JobConfig.from_dict(json.loads((src / "job.json").read_text()))
+    summary = json.loads((src / "summary.json").read_text())
+    state = load_file(str(src / "global.safetensors"))
+    heads = {p.stem: load_file(str(p)) for p in sorted((src / "site_heads").glob("*.safetensors"))}
+    return job, summary, state, heads
+
+
+def export_bundle(result: str | Path, out: str | Path) -> Path:
+    job, summary, state, site_heads = load_job_result(result)
+    model = build_model(job.kind, job.trunk_config(), job.assay_list() or None, weights=False)
+    model.load_state_dict(state, strict=True)
+    stats = AssayStats.from_dict(summary["stats"]) if job.kind == "fitness" else None
+    include_global = not job.private
+    if job.private and not site_heads:
+        raise ValueError("private heads were not published by any site (publish_heads was off): the bundle "
+                         "would hold no trained heads")
+    metrics = {site: s["final_val"] for site, s in summary["sites"].items()}
+    provenance = {"how": f"federated (NVFlare FedAvg, provisioned mTLS), heads {job.heads}",
+                  "job_name": job.name, "job_id": Path(result).name, "rounds": job.rounds,
+                  "local_epochs": job.local_epochs, "sites": sorted(summary["sites"]),
+                  "missing": summary.get("missing", {}), "data_digests": summary.get("data_digests", {}),
+                  "bytes_per_round": summary.get("bytes_per_round"), "job": job.to_dict()}
+    return save_bundle(out, model, trunk_cfg=job.trunk_config(), stats=stats, include_global=include_global,
+                       site_heads=site_heads if job.private else None, heads_mode=job.heads,
+                       sites=sorted(summary["sites"]), metrics=metrics, provenance=provenance)

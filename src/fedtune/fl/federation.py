@@ -1,0 +1,164 @@
+"""A whole federation on one machine: real provisioning, the server and every site client as real processes
+(`fedtune server` / `fedtune client`) talking gRPC with mTLS over loopback. Used by `fedtune demo`,
+`fedtune compare` and the tests.
+
+    with LocalFederation(workdir, {"site-1": dir1, "site-2": dir2}) as fed:
+        result = fed.run(JobConfig(kind="fitness", ...))   # progress printed; returns the result folder
+        fed.kill_site("site-2")                            # SIGKILL a site (failure tests)
+
+Processes run in their own process groups and are stopped on exit, Ctrl-C included; logs go to
+`<workdir>/logs/<name>.log`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from .config import JobConfig
+from .job import build_job
+from .provision import Kits, provision
+from .submit import submit_and_wait
+
+READY = {"server": "Server started", "client": "Successfully registered client"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fedtune_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fedtune", *args]
+
+
+def print_event(ev: dict) -> None:
+    kind = ev.get("event")
+    if kind == "round":
+        sites = ", ".join(f"{s}: " + " ".join(f"{k}={v:.3f}" for k, v in m.items() if isinstance(v, float))
+                          for s, m in sorted(ev.get("sites", {}).items()))
+        missing = f"  (no answer: {', '.join(ev['missing'])})" if ev.get("missing") else ""
+        print(f"  round {ev['round']} done in {ev['seconds']:.1f} s: {sites}{missing}", flush=True)
+    elif kind == "stats":
+        print(f"  pooled assay statistics from {', '.join(ev['sites'])}", flush=True)
+    elif kind == "start":
+        print(f"  job started: {ev['rounds']} rounds, {ev['bytes_down'] / 1e6:.2f} MB of parameters travel", flush=True)
+    elif kind == "done":
+        print(f"  job done; final metrics from {', '.join(ev['sites'])}", flush=True)
+
+
+class LocalFederation:
+    def __init__(self, workdir: str | Path, sites: dict[str, Path], scheme: str = "grpc",
+                 threads_per_site: int = 1, env: dict | None = None, quiet: bool = False):
+        self.workdir = Path(workdir).resolve()
+        self.site_data = {s: Path(d).resolve() for s, d in sites.items()}
+        self.scheme = scheme
+        self.threads = threads_per_site
+        self.extra_env = env or {}
+        self.quiet = quiet
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.kits: Kits | None = None
+
+    # ---- processes ------------------------------------------------------------------------------------
+    def _log(self, name: str) -> Path:
+        return self.workdir / "logs" / f"{name}.log"
+
+    def _start(self, name: str, args: list[str]) -> None:
+        self._log(name).parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
+               "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+               **self.extra_env}
+        log = self._log(name).open("a")
+        self.procs[name] = subprocess.Popen(fedtune_command(*args), stdout=log, stderr=subprocess.STDOUT,
+                                            env=env, start_new_session=True, cwd=str(self.workdir))
+
+    def _wait_for(self, name: str, marker: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if marker in self._log(name).read_text(errors="replace"):
+                return
+            if self.procs[name].poll() is not None:
+                raise RuntimeError(f"{name} exited ({self.procs[name].returncode}) before it was ready; "
+                                   f"see {self._log(name)}")
+            time.sleep(0.3)
+        raise TimeoutError(f"{name} not ready after {timeout:.0f} s; see {self._log(name)}")
+
+    def start(self, timeout: float = 120.0) -> "LocalFederation":
+        self.kits = provision(self.workdir / "pki", list(self.site_data), scheme=self.scheme,
+                              fl_port=free_port(), admin_port=free_port(), reuse=False)
+        self._start("server", ["server", "--kit", str(self.kits.server)])
+        self._wait_for("server", READY["server"], timeout)
+        for site, data in self.site_data.items():
+            self.start_site(site, data)
+        for site in self.site_data:
+            self._wait_for(site, READY["client"], timeout)
+        if not self.quiet:
+            print(f"federation up: server + {len(self.site_data)} sites (mTLS, {self.scheme}); logs in "
+                  f"{self.workdir / 'logs'}", flush=True)
+        return self
+
+    def start_site(self, site: str, data: Path, kit: Path | None = None, startup_deadline: float = 120.0) -> None:
+        self._start(site, ["client", "--kit", str(kit or self.kits.sites[site]), "--data", str(data),
+                           "--startup-deadline", str(startup_deadline)])
+
+    def kill_site(self, site: str) -> None:
+        """SIGKILL a site and every process under it (NVFlare client and job processes run in sessions of
+        their own): a crash, not a shutdown."""
+        import psutil
+        proc = self.procs[site]
+        try:
+            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait()
+
+    def stop(self) -> None:
+        for name, proc in reversed(list(self.procs.items())):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+
+    def __enter__(self) -> "LocalFederation":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ---- jobs -----------------------------------------------------------------------------------------
+    def run(self, job: JobConfig, timeout: float = 3600.0, on_event: Callable[[dict], None] | None = None,
+            on_submit: Callable[[str], None] | None = None) -> Path:
+        """Build, submit and wait for `job`; returns the downloaded result folder."""
+        job_dir = build_job(job, self.workdir / "jobs")
+        if not self.quiet:
+            print(f"submitting {job.kind} job '{job.name}' ({job.rounds} rounds, heads {job.heads}, "
+                  f"trunk {job.trunk.get('source')} {job.trunk.get('mode')})", flush=True)
+        _, result = submit_and_wait(job_dir, self.kits.admin, self.workdir / "results", timeout=timeout,
+                                    on_event=on_event or (None if self.quiet else print_event), on_submit=on_submit)
+        return result

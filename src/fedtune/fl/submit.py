@@ -1,0 +1,92 @@
+"""Submit a job through the FLARE API (admin kit, mTLS), follow it round by round, download the result."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from .provision import ADMIN
+
+DONE = ("FINISHED:COMPLETED",)
+
+
+class JobFailed(RuntimeError):
+    pass
+
+
+def open_session(admin_kit: Path, timeout: float = 60.0):
+    from nvflare.fuel.flare_api.flare_api import new_secure_session
+    admin_kit = Path(admin_kit).resolve()
+    if not (admin_kit / "startup" / "fed_admin.json").exists():
+        raise FileNotFoundError(f"{admin_kit}: not an admin startup kit (no startup/fed_admin.json)")
+    return new_secure_session(username=ADMIN, startup_kit_location=str(admin_kit), timeout=timeout)
+
+
+def read_progress(session, job_id: str) -> list[dict]:
+    """The controller's progress events so far (server workspace file, read over the admin channel)."""
+    try:
+        text = session.cat_target("server", file=f"{job_id}/app_server/fedtune/progress.log")
+    except Exception:   # not written yet, or not readable: progress is best effort
+        return []
+    events = []
+    for line in str(text).splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                pass
+    return events
+
+
+def submit_and_wait(job_dir: Path, admin_kit: Path, out: Path, timeout: float = 3600.0, poll: float = 2.0,
+                    on_event: Callable[[dict], None] | None = None, on_submit: Callable[[str], None] | None = None
+                    ) -> tuple[str, Path]:
+    """Submit `job_dir`, call `on_event` for every progress event, wait, download the result into
+    `out/<job_id>` and return (job_id, that folder). Raises JobFailed when the job does not complete."""
+    session = open_session(admin_kit)
+    try:
+        job_id = session.submit_job(str(Path(job_dir).resolve()))
+        if on_submit:
+            on_submit(job_id)
+        seen, start, status = 0, time.monotonic(), ""
+        while True:
+            status = session.get_job_meta(job_id).get("status", "")
+            events = read_progress(session, job_id)
+            for ev in events[seen:]:
+                if on_event:
+                    on_event(ev)
+            seen = max(seen, len(events))
+            if status.startswith("FINISHED") or status.startswith("FAILED"):
+                break
+            if time.monotonic() - start > timeout:
+                session.abort_job(job_id)
+                raise JobFailed(f"job {job_id} did not finish within {timeout:.0f} s (aborted)")
+            time.sleep(poll)
+        if status not in DONE:
+            raise JobFailed(f"job {job_id} ended with status {status}")
+        downloaded = Path(session.download_job_result(job_id))
+        out = Path(out).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        target = out / job_id
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(downloaded, target)
+        return job_id, target
+    finally:
+        session.close()
+
+
+def find_fedtune_dir(result: Path) -> Path:
+    """The controller's output folder inside a downloaded job result."""
+    result = Path(result)
+    for cand in [result / "workspace" / "app_server" / "fedtune", result / "app_server" / "fedtune", result]:
+        if (cand / "summary.json").exists():
+            return cand
+    hits = sorted(result.rglob("summary.json"))
+    if hits:
+        return hits[0].parent
+    raise FileNotFoundError(f"{result}: no fedtune summary.json inside: is this a finished fedtune job result?")

@@ -1,0 +1,57 @@
+"""A real federation on loopback (NVFlare provisioning, mTLS gRPC, server + site processes) shared by the
+tests of this folder; every site folder holds both a fitness and a sentiment data set (synthetic, tiny
+trunks) so one federation runs every kind of job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedtune.data import SYNTHETIC_ASSAYS, split_fitness_sites, split_sentiment_sites, synthetic_fitness, \
+    synthetic_sentiment, write_site
+from fedtune.fl.config import JobConfig
+from fedtune.fl.federation import LocalFederation
+
+SITES = ["site-1", "site-2", "site-3"]
+
+
+def write_sites(root: Path, n: int, seed: int = 0) -> dict[str, Path]:
+    fitness = split_fitness_sites(synthetic_fitness(60 * n, seed=seed), n, alpha=5.0, seed=seed)
+    sentiment = split_sentiment_sites(synthetic_sentiment(60 * n, seed=seed), n, seed=seed)
+    out = {}
+    for i, (f, s) in enumerate(zip(fitness, sentiment)):
+        folder = root / f"site-{i + 1}"
+        write_site("fitness", f, folder)
+        write_site("sentiment", s, folder)
+        out[f"site-{i + 1}"] = folder
+    return out
+
+
+def job_config(kind: str, trunk: Path, **overrides) -> JobConfig:
+    base = dict(kind=kind, name=f"test-{kind}", rounds=2, local_epochs=1, min_sites=2,
+                trunk={"source": str(trunk), "mode": "full", "max_length": 160},
+                train={"batch_size": 16, "progress": False, "head_lr": 5e-3, "lr": 1e-3},
+                assays=[a.to_dict() for a in SYNTHETIC_ASSAYS] if kind == "fitness" else [])
+    return JobConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="session")
+def make_job():
+    return job_config
+
+
+@pytest.fixture(scope="session")
+def make_sites():
+    return write_sites
+
+
+@pytest.fixture(scope="module")
+def site_data(tmp_path_factory) -> dict[str, Path]:
+    return write_sites(tmp_path_factory.mktemp("sites"), 2)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory, site_data):
+    with LocalFederation(tmp_path_factory.mktemp("fed"), site_data, quiet=True) as fed:
+        yield fed
