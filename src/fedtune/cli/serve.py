@@ -1,0 +1,63 @@
+"""`fedtune serve`: the inference service (FastAPI + uvicorn) over export bundles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app
+
+
+@app.command("serve")
+def serve_cmd(
+    bundle: Annotated[Optional[list[Path]], typer.Option(
+        "--bundle", help="an export bundle folder (repeat: one per kind); default FEDTUNE_BUNDLES")] = None,
+    host: Annotated[Optional[str], typer.Option(help="bind address [FEDTUNE_HOST, 127.0.0.1]")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port [FEDTUNE_PORT, 8000]")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N [FEDTUNE_DEVICE]")] = None,
+    api_key: Annotated[Optional[str], typer.Option(
+        help="require this key on /v1 and /v2 infer [FEDTUNE_API_KEY; prefer the env var]")] = None,
+    max_batch: Annotated[Optional[int], typer.Option(help="items per micro-batch [FEDTUNE_MAX_BATCH, 64]")] = None,
+    max_wait_ms: Annotated[Optional[float], typer.Option(
+        help="wait for a batch to fill [FEDTUNE_MAX_WAIT_MS, 5]")] = None,
+    max_items: Annotated[Optional[int], typer.Option(help="items per request [FEDTUNE_MAX_ITEMS, 256]")] = None,
+    max_body_bytes: Annotated[Optional[int], typer.Option(
+        help="request body limit [FEDTUNE_MAX_BODY_BYTES, 1 MiB]")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="residues per chain [FEDTUNE_MAX_LENGTH, 256]")] = None,
+    metrics_auth: Annotated[Optional[bool], typer.Option(
+        "--metrics-auth/--no-metrics-auth", help="require the API key on /metrics [FEDTUNE_METRICS_AUTH]")] = None,
+    log_level: Annotated[Optional[str], typer.Option(help="uvicorn log level [FEDTUNE_LOG_LEVEL, info]")] = None,
+):
+    """Serve bundles over HTTP: /v1 (JSON), /v2 (KServe Open Inference Protocol), /metrics (Prometheus).
+    SIGHUP or POST /v1/admin/reload re-reads the bundles without dropping a request."""
+    from pydantic import ValidationError
+
+    from fedtune.bundle import BundleError
+    from fedtune.serve.registry import Registry, ReloadError
+    from fedtune.serve.server import run_server
+    from fedtune.serve.settings import ServeSettings
+
+    overrides = {"bundles": [str(b) for b in bundle] if bundle else None, "host": host, "port": port,
+                 "device": device, "api_key": api_key, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+                 "max_items": max_items, "max_body_bytes": max_body_bytes, "max_length": max_length,
+                 "metrics_auth": metrics_auth, "log_level": log_level}
+    try:
+        settings = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        typer.secho(f"error: invalid setting: {exc}", fg="red", err=True)
+        raise typer.Exit(2)
+    if not settings.bundles:
+        typer.secho("error: no bundle given (--bundle DIR or FEDTUNE_BUNDLES)", fg="red", err=True)
+        raise typer.Exit(2)
+    from fedtune.serve.metrics import ServeMetrics
+    registry = Registry(settings, ServeMetrics())
+    try:
+        registry.load(settings.bundles)       # fail fast, with the reason, before binding the port
+    except (ReloadError, BundleError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"serving {', '.join(f'{n} ({m.version}) from {m.path}' for n, m in registry.models.items())} "
+               f"on http://{settings.host}:{settings.port}")
+    run_server(settings, registry)

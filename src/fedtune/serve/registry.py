@@ -1,0 +1,147 @@
+"""Loaded models and hot reload.
+
+A reload loads every new bundle fully (digests and shapes verified by `load_bundle`), warms it up (one
+prediction through every head set, outputs must be finite), then swaps the name -> model map in one
+assignment. Requests hold the model they started with; the old batchers finish what they have queued and
+stop. Any failure leaves the old models serving and is reported, never raised into a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..bundle import Bundle, load_bundle
+from .batcher import BatcherClosed, Job, MicroBatcher
+
+log = logging.getLogger(__name__)
+
+KINDS = ("fitness", "sentiment")
+WARMUP_HEAVY = "EVQLVESGGGLVQPGGSLRLSCAASGFTFSSYAMSWVRQAPGKGLEWVS"
+WARMUP_LIGHT = "DIQMTQSPSSLSASVGDRVTITCRASQSISSYLNWYQQKPGKAPKLLIY"
+WARMUP_TEXT = "Operating profit rose compared with the previous quarter."
+
+
+class ReloadError(RuntimeError):
+    """A reload that was refused; the models being served are unchanged."""
+
+
+@dataclass
+class LoadedModel:
+    name: str                         # the model name in the API: the bundle's kind
+    path: Path
+    bundle: Bundle
+    batcher: MicroBatcher
+    loaded_at: float = field(default_factory=time.time)
+    load_seconds: float = 0.0
+
+    @property
+    def trunk(self) -> str:
+        t = self.bundle.manifest.get("trunk", {})
+        return str(t.get("source") or t.get("architecture") or "")
+
+    @property
+    def version(self) -> str:
+        return self.bundle.digest[:12]
+
+
+def warm_up(bundle: Bundle) -> None:
+    """One prediction per head set (compiles kernels, touches every weight); refuses non-finite output."""
+    for name in bundle.head_sets:
+        if bundle.kind == "fitness":
+            out = bundle.predict_fitness([WARMUP_HEAVY], [WARMUP_LIGHT], head_set=name)
+            values = np.concatenate([v.ravel() for v in out.values()])
+        else:
+            values = bundle.predict_sentiment([WARMUP_TEXT], head_set=name).ravel()
+        if not np.all(np.isfinite(values)):
+            raise ReloadError(f"{bundle.path}: head set {name!r} gives non-finite predictions")
+
+
+class Registry:
+    def __init__(self, settings, metrics=None):
+        self.settings = settings
+        self.metrics = metrics
+        self.models: dict[str, LoadedModel] = {}
+        self.paths: list[Path] = []
+        self.last_reload: dict | None = None
+        self._lock = threading.Lock()     # one load at a time
+
+    # ---- lookups (event loop) ------------------------------------------------------------------------
+    def get(self, name: str) -> LoadedModel | None:
+        return self.models.get(name)
+
+    def submit(self, name: str, make_job) -> tuple[LoadedModel, Job]:
+        """Queue a job on the current model of `name`; retries on the new model when a reload retired the
+        batcher in between (so no request ever fails because of a reload)."""
+        while True:
+            model = self.models.get(name)
+            if model is None:
+                raise KeyError(name)
+            job = make_job(model)
+            try:
+                model.batcher.submit(job)
+                return model, job
+            except BatcherClosed:
+                continue
+
+    # ---- loading (worker threads only) ---------------------------------------------------------------
+    def _load_one(self, path: Path) -> LoadedModel:
+        start = time.perf_counter()
+        bundle = load_bundle(path, device=self.settings.resolved_device())
+        if bundle.kind not in KINDS:
+            raise ReloadError(f"{path}: unknown bundle kind {bundle.kind!r}")
+        if self.settings.warmup:
+            warm_up(bundle)
+        s = self.settings
+        batcher = MicroBatcher(bundle.kind, bundle, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms,
+                               max_batch_tokens=s.max_batch_tokens, metrics=self.metrics)
+        return LoadedModel(bundle.kind, Path(path), bundle, batcher, load_seconds=time.perf_counter() - start)
+
+    def load(self, paths: list[str | Path] | None = None) -> dict:
+        """Load `paths` (default: the paths being served, re-read from disk) and swap them in: each new
+        bundle replaces the model of its kind, other kinds keep serving. Raises ReloadError, old models kept."""
+        with self._lock:
+            paths = [Path(p) for p in (paths if paths else self.paths)]
+            if not paths:
+                raise ReloadError("no bundle paths given and none being served")
+            new: dict[str, LoadedModel] = {}
+            try:
+                for path in paths:
+                    model = self._load_one(path)
+                    if model.name in new:
+                        model.batcher.close()
+                        raise ReloadError(f"two {model.name} bundles given ({new[model.name].path} and {path}); "
+                                          f"serve at most one per kind")
+                    new[model.name] = model
+            except Exception as exc:
+                for m in new.values():
+                    m.batcher.close()
+                message = str(exc) if isinstance(exc, ReloadError) else f"{type(exc).__name__}: {exc}"
+                self.last_reload = {"ok": False, "time": time.time(), "error": message}
+                if self.metrics is not None and self.models:
+                    self.metrics.reload_failures.inc()
+                raise ReloadError(message) from exc
+            old = self.models
+            merged = {**old, **new}
+            self.models = merged                 # the atomic swap
+            self.paths = [m.path for m in merged.values()]
+            for name, model in old.items():
+                if merged[name] is not model:
+                    model.batcher.close()        # answers what it has queued, then stops
+            if self.metrics is not None:
+                if old:
+                    self.metrics.reloads.inc()
+                self.metrics.set_models(merged)
+            self.last_reload = {"ok": True, "time": time.time(),
+                                "models": {n: m.bundle.digest for n, m in new.items()}}
+            log.info("serving %s", {n: f"{m.path} ({m.version})" for n, m in merged.items()})
+            return {n: m.bundle.digest for n, m in merged.items()}
+
+    def close(self) -> None:
+        for m in self.models.values():
+            m.batcher.close(wait=5.0)

@@ -1,0 +1,207 @@
+"""KServe v2 / Open Inference Protocol: health, model metadata, infer with BYTES inputs.
+
+fitness: inputs `heavy`, `light` (BYTES, shape [N] or [N, 1]); outputs one FP32 [N] tensor per task (the task
+score, oriented z). sentiment: input `text`; outputs `label` (BYTES [N]) and `probabilities` (FP32 [N, 3]).
+Request parameters: `site` (a site's heads), `tasks` (fitness, list of task names).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import JSONResponse
+
+from .. import __version__ as fedtune_version
+from ..data.fpb import SENTIMENT_LABELS
+from .batcher import Job
+from .deps import require_key
+from .errors import ApiError, error_body
+from .predict import (check_count, fitness_arrays, model_or_404, resolve_heads, resolve_tasks, run,
+                      validate_chains, validate_texts)
+from .registry import LoadedModel
+from .schemas import ErrorResponse, InferRequest, InferResponse, ModelMetadata
+
+ERRORS = {400: {"model": ErrorResponse, "description": "malformed tensors"},
+          404: {"model": ErrorResponse, "description": "unknown model, version, site, task or output"},
+          413: {"model": ErrorResponse, "description": "too many items or body too large"},
+          422: {"model": ErrorResponse, "description": "invalid sequence or text"}}
+INPUTS = {"fitness": ("heavy", "light"), "sentiment": ("text",)}
+
+router = APIRouter(prefix="/v2", tags=["v2 (KServe Open Inference Protocol)"])
+Name = Path(description="the model: fitness or sentiment", examples=["fitness", "sentiment"])
+Version = Path(description="the model version (the bundle digest's first 12 hex digits, or all of it)")
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> dict:
+    return {"name": "fedtune", "version": fedtune_version, "extensions": []}
+
+
+@router.get("/health/live", summary="Liveness")
+async def live() -> dict:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Readiness: every bundle loaded and warmed up",
+            responses={503: {"model": ErrorResponse}})
+async def ready(request: Request):
+    if not request.app.state.registry.models:
+        return JSONResponse(error_body("no model loaded", "not_ready"), 503)
+    return {"ready": True}
+
+
+def _model(request: Request, name: str, version: str | None = None) -> LoadedModel:
+    model = model_or_404(request.app.state.registry, name)
+    if version is not None and version not in (model.version, model.bundle.digest):
+        raise ApiError(404, "unknown_version", f"model {name!r} has no version {version!r}; serving "
+                                               f"{model.version}", {"known": [model.version]})
+    return model
+
+
+def metadata(m: LoadedModel) -> ModelMetadata:
+    inputs = [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in INPUTS[m.name]]
+    if m.name == "fitness":
+        outputs = [{"name": t, "datatype": "FP32", "shape": [-1]} for t in m.bundle.model.tasks]
+    else:
+        outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                   {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(SENTIMENT_LABELS)]}]
+    return ModelMetadata(name=m.name, versions=[m.version], platform="pytorch", inputs=inputs, outputs=outputs,
+                         parameters={"sites": m.bundle.sites, "digest": m.bundle.digest})
+
+
+@router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS, summary="Model metadata")
+async def model_metadata(request: Request, name: str = Name) -> ModelMetadata:
+    return metadata(_model(request, name))
+
+
+@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=ERRORS,
+            summary="Model metadata (one version)")
+async def model_version_metadata(request: Request, name: str = Name, version: str = Version) -> ModelMetadata:
+    return metadata(_model(request, name, version))
+
+
+@router.get("/models/{name}/ready", responses=ERRORS, summary="Model readiness")
+async def model_ready(request: Request, name: str = Name) -> dict:
+    m = _model(request, name)
+    return {"name": m.name, "ready": True}
+
+
+def _flatten(data) -> list:
+    """Row-major flattening of nested lists, iterative (a deeply nested body must not exhaust the stack)."""
+    out, stack = [], [iter(data)]
+    while stack:
+        for x in stack[-1]:
+            if isinstance(x, list):
+                stack.append(iter(x))
+                break
+            out.append(x)
+        else:
+            stack.pop()
+    return out
+
+
+def _bytes_input(req: InferRequest, kind: str) -> dict[str, list[str]]:
+    given = {i.name: i for i in req.inputs}
+    wanted = INPUTS[kind]
+    extra = sorted(set(given) - set(wanted))
+    missing = [n for n in wanted if n not in given]
+    if extra or missing or len(given) != len(req.inputs):
+        raise ApiError(400, "bad_inputs", f"the {kind} model takes BYTES inputs {list(wanted)} (each once); "
+                                          f"missing {missing}, unexpected {extra}")
+    out = {}
+    for name in wanted:
+        t = given[name]
+        if t.datatype != "BYTES":
+            raise ApiError(400, "bad_datatype", f"input {name!r} must be BYTES, not {t.datatype!r}")
+        data = _flatten(t.data)
+        if any(d < 0 for d in t.shape) or math.prod(t.shape) != len(data) or (len(t.shape) == 2 and t.shape[1] != 1) \
+                or len(t.shape) not in (1, 2):
+            raise ApiError(400, "bad_shape", f"input {name!r}: shape {t.shape} must be [N] or [N, 1] and match "
+                                             f"its {len(data)} elements")
+        if not all(isinstance(d, str) for d in data):
+            raise ApiError(400, "bad_data", f"input {name!r}: BYTES elements must be strings")
+        out[name] = data
+    if len({len(v) for v in out.values()}) > 1:
+        raise ApiError(400, "bad_shape", f"inputs {list(wanted)} must have the same length")
+    return out
+
+
+def _param(req: InferRequest, key: str, kind):
+    value = (req.parameters or {}).get(key)
+    if value is not None and not isinstance(value, kind):
+        raise ApiError(400, "bad_parameter", f"parameter {key!r} must be a {kind.__name__}")
+    return value
+
+
+def _select(outputs: list[dict], req: InferRequest) -> list[dict]:
+    if not req.outputs:
+        return outputs
+    by_name = {o["name"]: o for o in outputs}
+    unknown = [o.name for o in req.outputs if o.name not in by_name]
+    if unknown:
+        raise ApiError(404, "unknown_output", f"unknown outputs {unknown}; known: {list(by_name)}",
+                       {"known": list(by_name)})
+    return [by_name[o.name] for o in req.outputs]
+
+
+async def _infer(request: Request, name: str, req: InferRequest, version: str | None) -> InferResponse:
+    registry, settings = request.app.state.registry, request.app.state.settings
+    _model(request, name, version)
+    inputs = _bytes_input(req, name)
+    n = len(next(iter(inputs.values())))
+    check_count(n, settings.max_items, "items")
+    site = _param(req, "site", str)
+    if name == "fitness":
+        tasks_param = _param(req, "tasks", list)
+        if tasks_param is not None and not all(isinstance(t, str) for t in tasks_param):
+            raise ApiError(400, "bad_parameter", "parameter 'tasks' must be a list of strings")
+        wanted_out = [o.name for o in req.outputs] if req.outputs else None
+        pairs = validate_chains([(None, h, lt) for h, lt in zip(inputs["heavy"], inputs["light"])],
+                                settings.max_length)
+
+        def build(model: LoadedModel):
+            heads = resolve_heads(model, site)
+            tasks = resolve_tasks(model, tasks_param)
+            if wanted_out is not None:
+                _select([{"name": t} for t in tasks], req)
+                tasks = [t for t in tasks if t in wanted_out]
+            return Job(items=pairs, head_sets=tuple(heads.names), tasks=tuple(tasks)), (heads, tasks)
+
+        model, (heads, tasks), result = await run(registry, "fitness", build)
+        z, _ = fitness_arrays(model, result, heads, tasks, [])
+        outputs = [{"name": t, "datatype": "FP32", "shape": [n], "data": z[t].mean(1).astype(float).tolist()}
+                   for t in tasks]
+    else:
+        validate_texts(inputs["text"], settings.max_text_length)
+        if req.outputs:
+            _select([{"name": "label"}, {"name": "probabilities"}], req)
+
+        def build(model: LoadedModel):
+            heads = resolve_heads(model, site)
+            return Job(items=list(inputs["text"]), head_sets=tuple(heads.names)), heads
+
+        model, heads, result = await run(registry, "sentiment", build)
+        probs = np.mean(np.stack([result[h] for h in heads.names]), axis=0)
+        labels = model.bundle.manifest.get("labels") or list(SENTIMENT_LABELS)
+        outputs = _select([
+            {"name": "label", "datatype": "BYTES", "shape": [n], "data": [labels[int(i)] for i in probs.argmax(1)]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [n, len(labels)],
+             "data": probs.astype(float).ravel().tolist()}], req)
+    return InferResponse(model_name=model.name, model_version=model.version, id=req.id,
+                         parameters={"heads": heads.mode, "head_sets": heads.names, "digest": model.bundle.digest},
+                         outputs=outputs)
+
+
+@router.post("/models/{name}/infer", response_model=InferResponse, responses=ERRORS,
+             dependencies=[Depends(require_key)], summary="Inference")
+async def infer(request: Request, req: InferRequest, name: str = Name) -> InferResponse:
+    return await _infer(request, name, req, None)
+
+
+@router.post("/models/{name}/versions/{version}/infer", response_model=InferResponse, responses=ERRORS,
+             dependencies=[Depends(require_key)], summary="Inference (one version)")
+async def infer_version(request: Request, req: InferRequest, name: str = Name,
+                       version: str = Version) -> InferResponse:
+    return await _infer(request, name, req, version)

@@ -1,0 +1,178 @@
+"""Request and response bodies (with the examples shown in the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+HEAVY = ("EVQLVESGGGLVQPGGSLRLSCAASGFTFSSYAMSWVRQAPGKGLEWVSAISGSGGSTYYADSVKGRFTISRDNSKNTLYLQMNSLRAEDTAVYYCAK"
+         "DRLSITIRPRYYGLDVWGQGTTVTVSS")
+LIGHT = "DIQMTQSPSSLSASVGDRVTITCRASQSISSYLNWYQQKPGKAPKLLIYAASSLQSGVPSRFSGSGSGTDFTLTISSLQPEDFATYYCQQSYSTPLTFGQGTKVEIK"
+
+
+class Antibody(BaseModel):
+    id: str | None = Field(None, max_length=256, description="your identifier, echoed back (default: the index)")
+    heavy: str = Field(description="heavy chain, one-letter amino acids (case and surrounding space ignored)")
+    light: str = Field(description="light chain, one-letter amino acids")
+
+
+class FitnessRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"antibodies": [{"id": "ab-1", "heavy": HEAVY, "light": LIGHT}]},
+        {"site": "site-1", "tasks": ["aggregation", "thermostability"],
+         "antibodies": [{"id": "ab-1", "heavy": HEAVY, "light": LIGHT}]},
+    ]})
+
+    site: str | None = Field(None, description="a site's own heads; omitted: the global heads, or the mean over "
+                                               "all sites' heads when the bundle has no global heads")
+    tasks: list[str] | None = Field(None, description="tasks to score (default: all)")
+    assays: list[str] | None = Field(None, description="assays (name or task/name) to also report in their units")
+    antibodies: list[Antibody] = Field(min_length=1)
+
+
+class AssayValue(BaseModel):
+    value: float = Field(description="prediction in the assay's own units")
+    z: float = Field(description="oriented z-score (higher = more favourable)")
+    measure: str = ""
+    favourable: str = "higher"
+
+
+class FitnessPrediction(BaseModel):
+    id: str
+    scores: dict[str, float] = Field(description="task -> mean oriented z of the task's assays (higher = better)")
+    assays: dict[str, AssayValue] | None = None
+
+
+class FitnessResponse(BaseModel):
+    model: str = "fitness"
+    version: str
+    digest: str
+    heads: Literal["global", "site", "mean-over-sites"]
+    site: str | None = None
+    head_sets: list[str]
+    tasks: list[str]
+    predictions: list[FitnessPrediction]
+
+
+class SentimentRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"texts": ["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn.", "Net sales decreased by 5 %."]},
+    ]})
+
+    site: str | None = Field(None, description="a site's own heads; omitted: global heads or mean over sites")
+    texts: list[str] = Field(min_length=1)
+
+
+class SentimentPrediction(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+
+
+class SentimentResponse(BaseModel):
+    model: str = "sentiment"
+    version: str
+    digest: str
+    heads: Literal["global", "site", "mean-over-sites"]
+    site: str | None = None
+    head_sets: list[str]
+    predictions: list[SentimentPrediction]
+
+
+class ModelCard(BaseModel):
+    name: str
+    kind: str
+    version: str
+    digest: str
+    path: str
+    trunk: dict[str, Any]
+    tasks: list[str] | None = None
+    assays: list[dict[str, Any]] | None = None
+    labels: list[str] | None = None
+    sites: list[str]
+    head_sets: list[str]
+    heads_mode: str | None = None
+    metrics: dict[str, Any]
+    provenance: dict[str, Any]
+    created: str | None = None
+    loaded_at: str
+    load_seconds: float
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelCard]
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{}, {"bundles": ["/models/fitness-v2"]}]})
+
+    bundles: list[str] | None = Field(None, description="new bundle folders (each replaces the model of its "
+                                                         "kind); omitted: re-read the folders being served")
+
+
+class ReloadResponse(BaseModel):
+    ok: bool
+    models: dict[str, str] = Field(description="model name -> digest now served")
+    seconds: float
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="what went wrong (the KServe v2 error field)")
+    code: str
+    details: Any = None
+
+
+# ---- KServe v2 / Open Inference Protocol ----------------------------------------------------------------
+class TensorSpec(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    parameters: dict[str, Any] | None = None
+
+
+class InferInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+class RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"id": "1", "inputs": [{"name": "heavy", "shape": [1], "datatype": "BYTES", "data": [HEAVY]},
+                               {"name": "light", "shape": [1], "datatype": "BYTES", "data": [LIGHT]}]},
+    ]})
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description='e.g. {"site": "site-1"}')
+    inputs: list[InferInput] = Field(min_length=1)
+    outputs: list[RequestedOutput] | None = None
+
+
+class InferOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[InferOutput]
