@@ -72,3 +72,66 @@ def run_pooled(kind: str, sites: dict, trunk_cfg: TrunkConfig, cfg: TrainConfig,
     _, _, metrics = train_and_evaluate(kind, train, {s: v for s, (_, v) in sites.items()}, trunk_cfg, cfg,
                                        _writer(out, "pooled", "all"))
     return metrics
+
+
+# ---- the whole comparison ----------------------------------------------------------------------------------
+def federated_run(fed, job, out: Path | None = None) -> dict:
+    """Run `job` on the live federation `fed`; returns its final per-site metrics, per-round curve, costs and
+    the result folder (TensorBoard scalars per site and round under `<out>/tb/<job.name>/`)."""
+    import json
+
+    from .fl.submit import find_fedtune_dir
+    from .train.metrics import key_metric
+
+    result = fed.run(job)
+    summary = json.loads((find_fedtune_dir(result) / "summary.json").read_text())
+    key = key_metric(job.kind)
+    curves = {site: [r["sites"].get(site, {}).get(key) for r in summary["rounds"]] for site in summary["sites"]}
+    if out is not None:
+        for site, ys in curves.items():
+            writer = _writer(out, job.name, site)
+            for rnd, y in enumerate(ys, 1):
+                if y is not None:
+                    writer.add_scalar(f"val/{key}", y, rnd)
+            writer.close()
+    return {"metrics": {s: v["final_val"] for s, v in summary["sites"].items()}, "curve": curves,
+            "costs": {"bytes_per_round": summary.get("bytes_per_round"),
+                      "seconds_per_round": summary.get("seconds_per_round")},
+            "result": str(result), "missing": summary.get("missing", {})}
+
+
+def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: bool = True) -> dict:
+    """Local-only and pooled runs (with the first job's trunk and training settings, `rounds x local_epochs`
+    epochs) plus every federated job in `jobs` (named runs: job.name), all on the same site splits; writes the
+    report into `out` and returns the collected results."""
+    from dataclasses import replace
+
+    from .report import write_report
+
+    first = jobs[0]
+    kind = first.kind
+    results = {"kind": kind, "sites": sorted(site_dirs), "runs": {}, "curves": {}, "costs": {}, "results": {},
+               "notes": [f"{len(site_dirs)} sites; validation: each site's own split ({first.val_fraction:.0%} "
+                         f"of its {'antibodies' if kind == 'fitness' else 'sentences'}, seed {first.seed})",
+                         f"trunk {first.trunk.get('source')} ({first.trunk.get('mode')}); federated: "
+                         f"{first.rounds} rounds x {first.local_epochs} local epochs; local and pooled: "
+                         f"{first.rounds * first.local_epochs} epochs with early stopping"]}
+    if baselines:
+        sites = load_sites(kind, site_dirs, first.assay_list() or None, seed=first.seed,
+                           val_fraction=first.val_fraction)
+        cfg = replace(first.train_config(), epochs=first.rounds * first.local_epochs)
+        trunk_cfg = first.trunk_config()
+        results["runs"]["local"] = run_local(kind, sites, trunk_cfg, cfg, out)
+    for job in jobs:
+        log.info("federated: job %s", job.name)
+        run = federated_run(fed, job, out)
+        results["runs"][job.name] = run["metrics"]
+        results["curves"][job.name] = run["curve"]
+        results["costs"][job.name] = run["costs"]
+        results["results"][job.name] = run["result"]
+        if run["missing"]:
+            results["notes"].append(f"{job.name}: sites missing in some rounds: {run['missing']}")
+    if baselines:
+        results["runs"]["pooled"] = run_pooled(kind, sites, trunk_cfg, cfg, out)
+    write_report(results, out)
+    return results

@@ -32,6 +32,8 @@ def _mean(values) -> float | None:
 
 
 def _title(run: str) -> str:
+    if run.startswith("fedavg-"):
+        return f"FedAvg {run[len('fedavg-'):]}"
     return RUN_TITLES.get(run, run)
 
 

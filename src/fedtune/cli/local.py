@@ -44,26 +44,14 @@ def prepare_data(
     seed: Annotated[int, typer.Option(help="seed of the split (same seed, same split)")] = 0,
 ):
     """Split a data set over sites and write one site folder each (what `fedtune client --data` reads)."""
-    from fedtune import data as D
+    from fedtune.data import DataError, prepare_sites
 
     try:
-        if kind == Kind.fitness:
-            full = D.load_flab(source) if source else D.synthetic_fitness(samples, seed)
-            parts = D.split_fitness_sites(full, sites, alpha, seed)
-        else:
-            full = D.load_fpb(source, agreement) if source else D.synthetic_sentiment(samples, seed)
-            parts = D.split_sentiment_sites(full, sites, split, alpha, seed)
-    except (D.DataError, ValueError, FileNotFoundError) as exc:
+        summary = prepare_sites(kind.value, out, sites, source, alpha, split, agreement, samples, seed)
+    except (DataError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    summary = {"kind": kind.value, "source": str(source) if source else "synthetic", "alpha": alpha,
-               "seed": seed, "sites": {}}
-    for name, part in zip(D.site_names(sites), parts):
-        D.write_site(kind.value, part, out / name)
-        counts = (part.rows_per_assay() if kind == Kind.fitness
-                  else {lab: int((part.labels == i).sum()) for i, lab in enumerate(D.SENTIMENT_LABELS)})
-        summary["sites"][name] = {"samples": len(part), "rows": counts}
-        typer.echo(f"{out / name}: {len(part)} samples")
-    (out / "split.json").write_text(json.dumps(summary, indent=2))
+    for name, site in summary["sites"].items():
+        typer.echo(f"{site['folder']}: {site['samples']} samples")
 
 
 @app.command("train-local")

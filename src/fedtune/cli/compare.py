@@ -1,0 +1,69 @@
+"""`fedtune compare`: every site alone vs FedAvg vs pooled data, on the same splits, as a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app
+from .local import Kind, Mode, fail
+
+
+@app.command("compare")
+def compare_cmd(
+    kind: Annotated[Kind, typer.Argument(help="fitness or sentiment")],
+    data: Annotated[Path, typer.Option(help="folder of site folders site-1 ... site-N (`fedtune prepare-data`)")],
+    out: Annotated[Path, typer.Option(help="report folder: report.md, results.json, PNG plots, tb/ (TensorBoard)")],
+    trunk: Annotated[Optional[str], typer.Option(help="antiberty | minilm | a local Hugging Face encoder folder")] = None,
+    trunk_mode: Annotated[Optional[list[Mode]], typer.Option(
+        help="frozen | full | lora | ptuning; repeat to run FedAvg in several modes side by side")] = None,
+    heads: Annotated[str, typer.Option(help="fitness: shared, private or both (two FedAvg runs)")] = "private",
+    rounds: Annotated[int, typer.Option(help="federated rounds")] = 3,
+    local_epochs: Annotated[int, typer.Option(help="epochs per round at each site")] = 2,
+    baselines: Annotated[bool, typer.Option(help="also train every site alone and on pooled data")] = True,
+    assays_from: Annotated[Optional[Path], typer.Option(help="fitness: FLAb folder whose assay table to use "
+                                                             "(default: read from the site folders)")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="trunk learning rate")] = None,
+    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="tokens per chain / sentence")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    workdir: Annotated[Optional[Path], typer.Option(help="federation workspace (kits, logs, job results); "
+                                                         "default OUT/federation")] = None,
+):
+    """Train each site alone, federated (real NVFlare federation on loopback, mTLS) and on pooled data;
+    write a Markdown report with plots. Several --trunk-mode values compare modes (bytes and time per round)."""
+    from fedtune.compare import compare
+    from fedtune.data import load_assays
+    from fedtune.fl.config import JobConfig
+    from fedtune.fl.federation import LocalFederation
+    from fedtune.train.config import DEFAULT_MODE, DEFAULT_TRUNK, default_train_config
+
+    sites = {p.name: p for p in sorted(data.glob("site-*")) if p.is_dir()}
+    if len(sites) < 2:
+        fail(f"{data}: need at least two site folders named site-* (see `fedtune prepare-data`)")
+    modes = [m.value for m in trunk_mode] if trunk_mode else [DEFAULT_MODE[kind.value]]
+    head_modes = ["shared", "private"] if heads == "both" else [heads]
+    if kind == Kind.sentiment:
+        head_modes = ["shared"]
+    assays = []
+    if kind == Kind.fitness:
+        assays = [a.to_dict() for a in load_assays(assays_from or next(iter(sites.values())))]
+    jobs = []
+    for mode in modes:
+        for h in head_modes:
+            name = "fedavg" + (f"-{mode}" if len(modes) > 1 else "") + (f"-{h}" if len(head_modes) > 1 else "")
+            trunk_cfg = {"source": trunk or DEFAULT_TRUNK[kind.value], "mode": mode}
+            if max_length:
+                trunk_cfg["max_length"] = max_length
+            train = default_train_config(kind.value, mode, lr=lr, batch_size=batch_size, seed=seed, progress=False)
+            try:
+                jobs.append(JobConfig(kind=kind.value, name=name, rounds=rounds, local_epochs=local_epochs, heads=h,
+                                      min_sites=len(sites), seed=seed, trunk=trunk_cfg, train=train.to_dict(),
+                                      assays=assays))
+            except ValueError as exc:
+                fail(str(exc))
+    with LocalFederation(workdir or out / "federation", sites) as fed:
+        compare(fed, sites, jobs, out, baselines=baselines)
+    typer.echo(f"report: {out / 'report.md'}")
