@@ -64,12 +64,15 @@ def client(
     site: Annotated[Optional[str], typer.Option(help="site name; must match the kit (default: the kit's)")] = None,
     startup_deadline: Annotated[float, typer.Option(help="seconds to register with the server before giving "
                                                          "up (a kit from another provisioning never can)")] = 120.0,
+    gpus: Annotated[Optional[int], typer.Option(help="training processes per job on this site, one per GPU: "
+                                                     "N > 1 trains with DistributedDataParallel under torchrun "
+                                                     "(NCCL; gloo on a machine without CUDA) [FEDTUNE_GPUS, 1]")] = None,
 ):
     """Run one site's NVFlare client in the foreground; its jobs train on DATA, which never leaves the site."""
     from fedtune.fl.process import StartupError, run_client
 
     try:
-        raise typer.Exit(run_client(kit, site, data, startup_deadline))
+        raise typer.Exit(run_client(kit, site, data, startup_deadline, gpus=gpus))
     except StartupError as exc:
         fail(str(exc))
 

@@ -10,12 +10,25 @@ What leaves the site: per-assay moments once (fitness), then each round only the
 row counts used as averaging weights, and validation metrics. With private heads an NVFlare output filter
 also drops every `heads.` entry, so they cannot leave by mistake; at the end, when publishing is on, the final
 heads go out once under `published.heads.` for the export bundle.
+
+Several GPUs on one site: `fedtune client --gpus N` makes `fedtune.fl.launch` start this script with
+`torchrun` (N processes). Only rank 0 talks to NVFlare; it broadcasts each task (phase + meta) to the other
+ranks and, after loading the received parameters, their values; every rank then runs the same phase, the
+training step over DistributedDataParallel (`fedtune.train.ddp.DDPTrainer`), and rank 0 sends the result.
+
+N ranks with about B/N rows each take the step one process takes with B rows; for an exact match (tests) a
+job can switch dropout off with `train={"dropout": 0.0}` (masks are drawn per process).
+
+Site-local environment: `FEDTUNE_DATA` (the data folder), `FEDTUNE_RUNS` (where per-job outputs go;
+`fedtune client` sets `<kit>/fedtune-runs`), `FEDTUNE_SAVE_UPDATES=1` (also keep every round's upload as
+`<runs>/<job>/<site>/update-round-<n>.safetensors`, for checks).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +36,7 @@ import torch
 
 from ..data import AssayStats, load_site, moments
 from ..models import build_model, travelling_keys
+from ..train.ddp import DistContext, set_dropout
 from .config import JobConfig
 
 log = logging.getLogger("fedtune.client")
@@ -37,37 +51,49 @@ def flat_metrics(metrics: dict) -> dict:
 class SiteRunner:
     """One site's state across the rounds of a job."""
 
-    def __init__(self, job: JobConfig, site: str, data_dir: Path, run_dir: Path):
+    def __init__(self, job: JobConfig, site: str, data_dir: Path, run_dir: Path, dist: DistContext | None = None):
         from ..train import Trainer
+        from ..train.ddp import DDPTrainer
         self.job, self.site = job, site
+        self.dist = dist or DistContext()
         assays = job.assay_list() or None
         self.train, self.val = load_site(job.kind, data_dir, assays, seed=job.seed, val_fraction=job.val_fraction)
         torch.manual_seed(job.seed)
         self.model = build_model(job.kind, job.trunk_config(), assays)
+        if job.train.get("dropout") is not None:     # e.g. 0: every process draws the same (no) masks
+            set_dropout(self.model, job.train["dropout"])
         self.keys = travelling_keys(self.model, private_heads=job.private)
         self.run_dir = run_dir
-        self._trainer_cls = Trainer
+        self._trainer_cls = DDPTrainer if self.dist.enabled else Trainer
         self.trainer = None
-        log.info("%s: %d training / %d validation samples from %s", site, len(self.train), len(self.val), data_dir)
+        if self.dist.is_main:
+            log.info("%s: %d training / %d validation samples from %s%s", site, len(self.train), len(self.val),
+                     data_dir, f" ({self.dist.world} DDP processes)" if self.dist.enabled else "")
 
     def _trainer(self, meta: dict):
         if self.trainer is None:
             from torch.utils.tensorboard import SummaryWriter
             stats = AssayStats.from_dict(meta["stats"]) if self.job.kind == "fitness" else None
-            self.trainer = self._trainer_cls(self.model, self.job.train_config(), stats,
-                                             writer=SummaryWriter(str(self.run_dir / "tb" / self.site)),
+            writer = SummaryWriter(str(self.run_dir / "tb" / self.site)) if self.dist.is_main else None
+            extra = {"dist": self.dist} if self.dist.enabled else {}
+            self.trainer = self._trainer_cls(self.model, self.job.train_config(), stats, writer=writer,
                                              total_epochs=self.job.rounds * self.job.local_epochs,
-                                             tag=f"{self.site}/")
+                                             tag=f"{self.site}/", **extra)
         return self.trainer
 
-    def _load(self, params: dict) -> None:
-        if not params:
-            return
-        state = {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
-                 for k, v in params.items()}
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        if unexpected:
-            raise RuntimeError(f"global model has keys this site's model lacks: {unexpected[:5]}")
+    def _load(self, params: dict, keys: list[str] | None = None) -> None:
+        """Load the received parameters (rank 0 receives them); with DDP, copy their values to every rank.
+        `keys`: the names received, known on every rank (rank 0 broadcasts them with the task)."""
+        if params:
+            state = {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
+                     for k, v in params.items() if k != "fedtune.marker"}
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            if unexpected:
+                raise RuntimeError(f"global model has keys this site's model lacks: {unexpected[:5]}")
+        if self.dist.enabled:
+            current = self.model.state_dict()
+            names = sorted(k for k in (keys if keys is not None else params) if k in current)
+            self.dist.broadcast_tensors([current[k] for k in names])
 
     def _counts(self) -> dict:
         if self.job.kind != "fitness":
@@ -81,17 +107,28 @@ class SiteRunner:
         meta = {"moments": [n.tolist(), s.tolist(), ss.tolist()], "digest": self.train.digest()}
         return {}, {}, meta
 
-    def train_round(self, params: dict, meta: dict) -> tuple[dict, dict, dict]:
+    def train_round(self, params: dict, meta: dict, keys: list[str] | None = None) -> tuple[dict, dict, dict]:
         trainer = self._trainer(meta)
-        self._load(params)
+        self._load(params, keys)
         history = trainer.fit(self.train, self.val, epochs=self.job.local_epochs)
         final = trainer.evaluate(self.val)
         state = self.model.state_dict()
         out = {k: state[k].detach().cpu() for k in self.keys}
         summary = {**flat_metrics(final), "epochs": len(history)}
-        log.info("%s round %s: %s", self.site, meta.get("round"), summary)
+        if self.dist.is_main:
+            log.info("%s round %s: %s", self.site, meta.get("round"), summary)
+            if os.environ.get("FEDTUNE_SAVE_UPDATES", "") not in ("", "0"):
+                self.save_update(out, meta.get("round"))
         return out, flat_metrics(final), {**self._counts(), "summary": summary,
                                           "NUM_STEPS_CURRENT_ROUND": len(history) * max(1, len(self.train))}
+
+    def save_update(self, params: dict, rnd) -> Path:
+        """Keep what this site sends in a round (FEDTUNE_SAVE_UPDATES=1): checks compare sites' uploads."""
+        from safetensors.torch import save_file
+        path = self.run_dir / self.site / f"update-round-{rnd}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in params.items()}, str(path))
+        return path
 
     def save_model(self) -> Path:
         """The model this site ends the job with (global trunk + its own heads), kept on site."""
@@ -102,11 +139,12 @@ class SiteRunner:
         log.info("%s: final model saved to %s", self.site, path)
         return path
 
-    def final(self, params: dict, meta: dict) -> tuple[dict, dict, dict]:
+    def final(self, params: dict, meta: dict, keys: list[str] | None = None) -> tuple[dict, dict, dict]:
         trainer = self._trainer(meta)
-        self._load(params)
+        self._load(params, keys)
         final = trainer.evaluate(self.val)
-        self.save_model()
+        if self.dist.is_main:
+            self.save_model()
         out = {}
         if self.job.private and self.job.publish_heads:
             out = {PUBLISHED + k: v.detach().cpu() for k, v in self.model.state_dict().items()
@@ -116,34 +154,65 @@ class SiteRunner:
         return out, flat_metrics(final), {**self._counts(), "n_val": len(self.val), "final_val": final}
 
 
-def main() -> None:
-    import nvflare.client as flare
-    from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+def run_dir_for(job_id: str) -> Path:
+    return Path(os.environ.get("FEDTUNE_RUNS") or Path.cwd() / "fedtune-runs") / str(job_id)
 
+
+def main() -> None:
+    """The site's training script: one process, or every rank of a torchrun launch (rank 0 talks to NVFlare).
+
+    On an error the process exits at once (exit code 1, traceback printed): the Client API's threads would
+    otherwise keep it alive, and NVFlare (or torchrun, for the other ranks) only notices a process that ends."""
     logging.basicConfig(level=logging.INFO)
-    flare.init()
-    site = flare.get_site_name()
+    try:
+        dist = DistContext.from_env().init()
+        _serve(dist)
+        dist.close()
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def _serve(dist: DistContext) -> None:
+    flare = None
+    if dist.is_main:
+        import nvflare.client as flare
+        flare.init(rank="0")
+        site, job_id = flare.get_site_name(), flare.get_job_id()
+    site, job_id = dist.broadcast_object((site, job_id) if dist.is_main else None)
     data = os.environ.get("FEDTUNE_DATA")
     if not data:
         raise RuntimeError(f"{site}: no data folder: start the client with `fedtune client --data DIR`")
-    run_dir = Path.cwd() / "fedtune-runs" / str(flare.get_job_id())
+    run_dir = run_dir_for(job_id)
     runner = None
-    while flare.is_running():
-        msg = flare.receive()
-        if msg is None:
+    while True:
+        msg, task = None, None
+        if dist.is_main:
+            msg = flare.receive() if flare.is_running() else None
+            if msg is not None:
+                task = {"meta": dict(msg.meta or {}), "round": msg.current_round, "keys": sorted(msg.params or {})}
+        task = dist.broadcast_object(task)     # the other ranks learn the task (None: the job is over)
+        if task is None:
             break
-        meta = dict(msg.meta or {})
+        meta = task["meta"]
         job = JobConfig.from_dict(meta["fedtune"])
         if runner is None:
-            runner = SiteRunner(job, site, Path(data), run_dir)
+            runner = SiteRunner(job, site, Path(data), run_dir, dist=dist)
         phase = meta.get("phase", "train")
-        meta["round"] = msg.current_round
+        meta["round"] = task["round"]
+        params = (msg.params or {}) if msg is not None else {}
         if phase == "stats":
             params, metrics, out_meta = runner.stats()
         elif phase == "final":
-            params, metrics, out_meta = runner.final(msg.params or {}, meta)
+            params, metrics, out_meta = runner.final(params, meta, task["keys"])
         else:
-            params, metrics, out_meta = runner.train_round(msg.params or {}, meta)
+            params, metrics, out_meta = runner.train_round(params, meta, task["keys"])
+        if not dist.is_main:
+            continue
+        from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
         if not params:   # the Client API needs something to send; an empty marker tensor carries no data
             params = {"fedtune.marker": torch.zeros(1)}
         params = {k: v.detach().cpu().float().numpy() for k, v in params.items()}   # numpy on the wire

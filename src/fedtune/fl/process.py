@@ -125,8 +125,23 @@ def run_server(kit: Path, client_outcome_wait: float | None = None) -> int:
     return run_foreground(server_command(kit), kit, env=env, ready=SERVER_READY, role="server")
 
 
+def check_gpus(gpus: int) -> int:
+    """Processes per job on this site: one per GPU (NCCL); without CUDA, CPU processes (gloo)."""
+    if gpus < 1:
+        raise StartupError(f"--gpus {gpus}: a site trains with at least one process")
+    if gpus > 1:
+        import torch
+        if torch.cuda.is_available() and gpus > torch.cuda.device_count():
+            raise StartupError(f"--gpus {gpus}, but this machine shows {torch.cuda.device_count()} GPU(s)")
+    return gpus
+
+
 def run_client(kit: Path, site: str | None, data: Path | None, startup_deadline: float = 120.0,
-               extra_env: dict | None = None) -> int:
+               extra_env: dict | None = None, gpus: int | None = None) -> int:
+    """Run the site's NVFlare client. Every job's training script runs as a child of it (Client API,
+    external process, see fedtune.fl.launch) and learns the site's settings from the environment:
+    FEDTUNE_DATA (the data folder), FEDTUNE_GPUS (processes per job: --gpus, default from the environment or
+    1), FEDTUNE_RUNS (per-job outputs: <kit>/fedtune-runs unless set)."""
     kit = check_kit(kit, "client")
     kit_site = site_of_kit(kit)
     if site and site != kit_site:
@@ -138,6 +153,15 @@ def run_client(kit: Path, site: str | None, data: Path | None, startup_deadline:
             raise StartupError(f"data folder {data} does not exist")
         env["FEDTUNE_DATA"] = str(data)     # the training script (a child of this process) reads it
     env["FEDTUNE_SITE"] = kit_site
+    if gpus is None:
+        try:
+            gpus = int(env.get("FEDTUNE_GPUS") or 1)
+        except ValueError:
+            raise StartupError(f"FEDTUNE_GPUS={env['FEDTUNE_GPUS']!r}: expected a number of processes")
+    env["FEDTUNE_GPUS"] = str(check_gpus(gpus))
+    env.setdefault("FEDTUNE_RUNS", str(kit / "fedtune-runs"))
+    # the job's launch command is `python3 -m fedtune.fl.launch`: make it this interpreter
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(extra_env or {})
     return run_foreground(client_command(kit, kit_site), kit, env=env, ready=CLIENT_READY,
                           startup_deadline=startup_deadline, role=f"client {kit_site}")
