@@ -44,13 +44,17 @@ class FitnessPrediction(BaseModel):
     assays: dict[str, AssayValue] | None = None
 
 
-class FitnessResponse(BaseModel):
-    model: str = "fitness"
+class PredictionMeta(BaseModel):
+    """Which model and heads answered: the same fields in every prediction response."""
     version: str
     digest: str
     heads: Literal["global", "site", "mean-over-sites"]
     site: str | None = None
     head_sets: list[str]
+
+
+class FitnessResponse(PredictionMeta):
+    model: str = "fitness"
     tasks: list[str]
     predictions: list[FitnessPrediction]
 
@@ -69,13 +73,8 @@ class SentimentPrediction(BaseModel):
     probabilities: dict[str, float]
 
 
-class SentimentResponse(BaseModel):
+class SentimentResponse(PredictionMeta):
     model: str = "sentiment"
-    version: str
-    digest: str
-    heads: Literal["global", "site", "mean-over-sites"]
-    site: str | None = None
-    head_sets: list[str]
     predictions: list[SentimentPrediction]
 
 

@@ -198,21 +198,10 @@ class DDPTrainer(Trainer):
         if empty:
             total = total * 0.0
         # DDP averages gradients over ranks: scale so that the average is d(sum over the batch / count)
-        loss = total * self.dist.world / count
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.grad_clip:
-            nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                     self.cfg.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.step += 1
+        self.optimise(total * self.dist.world / count)
         value = (total / count).detach().float()
         dist.all_reduce(value)
-        value = value.item()
-        if self.writer is not None:
-            self.writer.add_scalar(f"{self.tag}train/loss", value, self.step)
-        return value
+        return self.log_loss(value.item())
 
     def evaluate(self, data) -> dict:
         """Computed on rank 0, the same result on every rank (so early stopping agrees)."""

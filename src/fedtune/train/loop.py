@@ -145,6 +145,11 @@ class Trainer:
         with self.autocast():
             out = self._outputs(data, idx)
         loss = self.loss(out, self._targets(data, idx))
+        self.optimise(loss)
+        return self.log_loss(loss.item())
+
+    def optimise(self, loss: torch.Tensor) -> None:
+        """Backward, clip, optimizer and schedule step (shared with the DDP trainer)."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip:
@@ -153,7 +158,8 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        value = loss.item()
+
+    def log_loss(self, value: float) -> float:
         if self.writer is not None:
             self.writer.add_scalar(f"{self.tag}train/loss", value, self.step)
         return value
