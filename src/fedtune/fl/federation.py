@@ -13,7 +13,6 @@ Processes run in their own process groups and are stopped on exit, Ctrl-C includ
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -108,16 +107,21 @@ class LocalFederation:
         self._start(site, ["client", "--kit", str(kit or self.kits.sites[site]), "--data", str(data),
                            "--startup-deadline", str(startup_deadline)])
 
+    @staticmethod
+    def _tree(proc: subprocess.Popen) -> list:
+        """The process and everything under it (NVFlare's processes run in sessions of their own)."""
+        import psutil
+        try:
+            root = psutil.Process(proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
     def kill_site(self, site: str) -> None:
-        """SIGKILL a site and every process under it (NVFlare client and job processes run in sessions of
-        their own): a crash, not a shutdown."""
+        """SIGKILL a site and every process under it: a crash, not a shutdown."""
         import psutil
         proc = self.procs[site]
-        try:
-            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            tree = []
-        for p in tree:
+        for p in self._tree(proc):
             try:
                 p.kill()
             except psutil.NoSuchProcess:
@@ -125,20 +129,28 @@ class LocalFederation:
         proc.wait()
 
     def stop(self) -> None:
-        for name, proc in reversed(list(self.procs.items())):
-            if proc.poll() is None:
+        """SIGTERM every process (sites first), then SIGKILL what is left after 20 s: no orphan survives."""
+        import psutil
+        trees = {name: self._tree(proc) for name, proc in self.procs.items()}
+        for name in reversed(list(self.procs)):
+            for p in trees[name]:
                 try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
+                    p.terminate()
+                except psutil.NoSuchProcess:
                     pass
         for name, proc in self.procs.items():
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                pass
+        _, alive = psutil.wait_procs([p for t in trees.values() for p in t], timeout=10)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        for proc in self.procs.values():
+            if proc.poll() is None:
                 proc.wait()
 
     def __enter__(self) -> "LocalFederation":
