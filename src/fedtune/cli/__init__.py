@@ -33,4 +33,6 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     logging.basicConfig(level=os.environ.get("FEDTUNE_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the admin session's connection chatter; the server and site processes keep their full logs
+    logging.getLogger("nvflare").setLevel(os.environ.get("FEDTUNE_NVFLARE_LOG_LEVEL", "WARNING").upper())
     app()
