@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast images clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: setup
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow and not docker" $(PYTEST_ARGS)
+
+# The container images (CPU torch); needs a Docker engine: `eval "$$(scripts/docker-engine.sh start)"`.
+images:
+	bash scripts/build-images.sh --cpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info
