@@ -13,6 +13,17 @@ from . import app
 from .local import Kind, Mode, fail
 
 
+def foreground(run, *args, **kwargs) -> None:
+    """Run a foreground NVFlare process to its end; its exit code is ours, a start-up problem exits 2."""
+    from fedtune.fl.process import StartupError
+
+    try:
+        code = run(*args, **kwargs)
+    except StartupError as exc:
+        fail(str(exc))
+    raise typer.Exit(code)
+
+
 @app.command()
 def provision(
     out: Annotated[Path, typer.Option(help="provisioning folder (project.yml, kits, root CA state)")],
@@ -49,12 +60,9 @@ def server(
              "marked finished [NVFLARE_CLIENT_OUTCOME_WAIT_TIMEOUT, 60]")] = None,
 ):
     """Run the NVFlare server in the foreground (job storage inside the kit). Stops on SIGTERM / Ctrl-C."""
-    from fedtune.fl.process import StartupError, run_server
+    from fedtune.fl.process import run_server
 
-    try:
-        raise typer.Exit(run_server(kit, client_outcome_wait))
-    except StartupError as exc:
-        fail(str(exc))
+    foreground(run_server, kit, client_outcome_wait)
 
 
 @app.command()
@@ -69,12 +77,9 @@ def client(
                                                      "(NCCL; gloo on a machine without CUDA) [FEDTUNE_GPUS, 1]")] = None,
 ):
     """Run one site's NVFlare client in the foreground; its jobs train on DATA, which never leaves the site."""
-    from fedtune.fl.process import StartupError, run_client
+    from fedtune.fl.process import run_client
 
-    try:
-        raise typer.Exit(run_client(kit, site, data, startup_deadline, gpus=gpus))
-    except StartupError as exc:
-        fail(str(exc))
+    foreground(run_client, kit, site, data, startup_deadline, gpus=gpus)
 
 
 @app.command()
