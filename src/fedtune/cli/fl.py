@@ -146,7 +146,7 @@ def submit(
     try:
         job_id, result = submit_and_wait(job_dir, admin_kit, out, timeout=timeout, on_event=on_event,
                                          on_submit=lambda j: typer.echo(f"submitted job {j}"))
-    except (JobFailed, FileNotFoundError) as exc:
+    except (JobFailed, FileNotFoundError, TimeoutError) as exc:
         if progress:
             progress.failed()
         fail(str(exc))

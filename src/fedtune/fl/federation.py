@@ -47,6 +47,8 @@ def print_event(ev: dict) -> None:
         print(f"  round {ev['round']} done in {ev['seconds']:.1f} s: {sites}{missing}", flush=True)
     elif kind == "stats":
         print(f"  pooled assay statistics from {', '.join(ev['sites'])}", flush=True)
+    elif kind == "sites":
+        print(f"  {len(ev['sites'])} site(s) registered: {', '.join(ev['sites'])}", flush=True)
     elif kind == "start":
         print(f"  job started: {ev['rounds']} rounds, {ev['bytes_down'] / 1e6:.2f} MB of parameters travel", flush=True)
     elif kind == "done":

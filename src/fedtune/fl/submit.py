@@ -42,6 +42,20 @@ def read_progress(session, job_id: str) -> list[dict]:
     return events
 
 
+def wait_for_sites(session, n: int, timeout: float = 300.0, poll: float = 2.0) -> list[str]:
+    """Block until at least `n` sites are registered with the server (a job submitted earlier would start
+    without the late ones); returns their names. TimeoutError names the sites that did connect."""
+    deadline = time.monotonic() + timeout
+    while True:
+        names = sorted(c.name for c in session.get_system_info().client_info)
+        if len(names) >= n:
+            return names
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(names)} site(s) registered with the server after {timeout:.0f} s "
+                               f"({names}); the job needs {n}")
+        time.sleep(poll)
+
+
 def submit_and_wait(job_dir: Path, admin_kit: Path, out: Path, timeout: float = 3600.0, poll: float = 2.0,
                     on_event: Callable[[dict], None] | None = None, on_submit: Callable[[str], None] | None = None
                     ) -> tuple[str, Path]:
@@ -49,6 +63,10 @@ def submit_and_wait(job_dir: Path, admin_kit: Path, out: Path, timeout: float = 
     `out/<job_id>` and return (job_id, that folder). Raises JobFailed when the job does not complete."""
     session = open_session(admin_kit)
     try:
+        min_sites = json.loads((Path(job_dir) / "meta.json").read_text()).get("min_clients", 1)
+        sites = wait_for_sites(session, min_sites, timeout=min(timeout, 600.0))
+        if on_event:
+            on_event({"event": "sites", "sites": sites})
         job_id = session.submit_job(str(Path(job_dir).resolve()))
         if on_submit:
             on_submit(job_id)
