@@ -149,18 +149,32 @@ def plot(results: dict, out: Path) -> list[str]:
     plt.close(fig)
     names.append("bars.png")
 
-    curves = results.get("curves") or {}
-    if any(curves.values()):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for run, per_site in curves.items():
-            for site, ys in per_site.items():
-                if ys:
-                    ax.plot(range(1, len(ys) + 1), ys, marker="o", label=f"{_title(run)} {site}")
-        ax.set_xlabel("round")
-        ax.set_ylabel("validation mean Pearson" if results["kind"] == "fitness" else "validation accuracy")
-        ax.set_title("Validation metric per round")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
+    curves = {run: per_site for run, per_site in (results.get("curves") or {}).items()
+              if any(per_site.values())}
+    if curves:
+        sites = sorted({site for per_site in curves.values() for site in per_site})
+        colours = {site: plt.cm.tab10(i % 10) for i, site in enumerate(sites)}
+        fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves) + 1.5, 3.8), sharey=True,
+                                 squeeze=False)
+        for ax, (run, per_site) in zip(axes[0], curves.items()):
+            rounds = 0
+            for site, ys in sorted(per_site.items()):
+                pts = [(i + 1, y) for i, y in enumerate(ys) if y is not None]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", ms=3, lw=1, color=colours[site], label=site)
+                rounds = max(rounds, len(ys))
+            mean = [_mean(ys[i] if i < len(ys) else None for ys in per_site.values()) for i in range(rounds)]
+            pts = [(i + 1, y) for i, y in enumerate(mean) if y is not None]
+            if pts:
+                ax.plot(*zip(*pts), color="black", lw=2.5, label="mean over sites")
+            ax.set_xticks(range(1, rounds + 1))
+            ax.set_xlabel("round")
+            ax.set_title(_title(run))
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("validation mean Pearson" if results["kind"] == "fitness" else "validation accuracy")
+        handles, labels = axes[0][-1].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center right", fontsize=8)
+        fig.tight_layout(rect=(0, 0, 1 - 1.4 / fig.get_figwidth(), 1))
         fig.savefig(out / "rounds.png", dpi=120)
         plt.close(fig)
         names.append("rounds.png")
