@@ -149,15 +149,18 @@ def test_every_service_selects_a_pod_with_its_target_ports(rendered, which):
 
 
 @pytest.fixture(scope="module")
-def app_routes() -> tuple[dict, object]:
-    """The inference app's real routes (GET paths) and a test client on an app with no model loaded."""
-    from fastapi.testclient import TestClient
-
-    from fedtune.serve.app import create_app
+def app_routes(tmp_path_factory, tiny_text_trunk):
+    """The inference app's real routes (GET paths) and the base URL of a real uvicorn server running it on a
+    small sentiment bundle (the service refuses to start without one)."""
+    from fedtune.bundle import save_bundle
+    from fedtune.models import TrunkConfig, build_model
+    from fedtune.serve.server import BackgroundServer
     from fedtune.serve.settings import ServeSettings
 
-    app = create_app(ServeSettings())
-    return app.openapi()["paths"], TestClient(app)
+    cfg = TrunkConfig(str(tiny_text_trunk), mode="frozen")
+    bundle = save_bundle(tmp_path_factory.mktemp("probe") / "bundle", build_model("sentiment", cfg), trunk_cfg=cfg)
+    with BackgroundServer(ServeSettings(bundles=[str(bundle)])) as server:
+        yield server.app.openapi()["paths"], server.url
 
 
 def probes(container: dict) -> dict[str, dict]:
@@ -165,7 +168,9 @@ def probes(container: dict) -> dict[str, dict]:
 
 
 def test_inference_probes_hit_real_health_routes(rendered, app_routes):
-    paths, client = app_routes
+    import httpx
+
+    paths, url = app_routes
     dep = by_kind(rendered["base"], "Deployment")["inference"]
     (c,) = containers(dep, init=False)
     named = {p["name"]: p["containerPort"] for p in c["ports"]}
@@ -176,10 +181,10 @@ def test_inference_probes_hit_real_health_routes(rendered, app_routes):
         get = probe["httpGet"]
         assert get["port"] in named or get["port"] in named.values(), f"{kind}: port {get['port']}"
         assert "get" in paths.get(get["path"], {}), f"{kind}: {get['path']} is not a GET route of the app"
-        assert client.get(get["path"]).status_code in (200, 503), f"{kind}: {get['path']}"
-    # live answers while no model is loaded; ready only once one is
-    assert client.get("/v2/health/live").status_code == 200
-    assert client.get("/v2/health/ready").status_code == 503
+        assert httpx.get(url + get["path"]).status_code in (200, 503), f"{kind}: {get['path']}"
+    # both answer 200 on a real server once its bundle is loaded
+    assert httpx.get(url + "/v2/health/live").status_code == 200
+    assert httpx.get(url + "/v2/health/ready").status_code == 200
 
 
 def test_other_probes_use_declared_ports_and_shipped_commands(rendered):
@@ -318,7 +323,9 @@ def test_network_policies_sites_reach_only_the_server_and_nothing_reaches_a_site
 
 
 def test_prometheus_scrape_annotations_point_at_metrics_ports(rendered, app_routes):
-    paths, client = app_routes
+    import httpx
+
+    paths, url = app_routes
     docs = rendered["base"]
     for obj in (by_kind(docs, "Deployment")["inference"], by_kind(docs, "Job")["submitter"]):
         ann = obj["spec"]["template"]["metadata"]["annotations"]
@@ -326,4 +333,4 @@ def test_prometheus_scrape_annotations_point_at_metrics_ports(rendered, app_rout
         ports = {p["containerPort"] for c in containers(obj, init=False) for p in c.get("ports", [])}
         assert int(ann["prometheus.io/port"]) in ports, obj["metadata"]["name"]
         assert ann["prometheus.io/path"] == "/metrics"
-    assert "get" in paths["/metrics"] and client.get("/metrics").status_code == 200
+    assert "get" in paths["/metrics"] and httpx.get(url + "/metrics").status_code == 200
