@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .data import SYNTHETIC_ASSAYS, load_assays, prepare_sites
 from .fl.config import JobConfig
-from .train.config import DEFAULT_TRUNK, default_train_config
+from .train.config import DEFAULT_TRUNK
 
 SAMPLE_ANTIBODIES = [
     {"id": "trastuzumab",
@@ -80,16 +80,14 @@ def prepare_data(root: Path, s: DemoSettings, flab: Path | None, fpb: Path | Non
 
 def jobs(s: DemoSettings, flab: Path | None) -> tuple[JobConfig, JobConfig]:
     assays = load_assays(flab) if flab else SYNTHETIC_ASSAYS
-    fitness = JobConfig(
-        kind="fitness", name=f"fedavg-{s.heads}", rounds=s.fitness_rounds, local_epochs=s.fitness_local_epochs,
-        heads=s.heads, min_sites=s.sites, seed=s.seed, assays=[a.to_dict() for a in assays],
-        trunk={"source": s.fitness_trunk, "mode": s.fitness_mode},
-        train=default_train_config("fitness", s.fitness_mode, seed=s.seed, progress=False).to_dict())
-    sentiment = JobConfig(
-        kind="sentiment", name=f"fedavg-{s.sentiment_mode}", rounds=s.sentiment_rounds,
-        local_epochs=s.sentiment_local_epochs, min_sites=s.sites, seed=s.seed,
-        trunk={"source": s.sentiment_trunk, "mode": s.sentiment_mode, "max_length": 64},
-        train=default_train_config("sentiment", s.sentiment_mode, seed=s.seed, progress=False).to_dict())
+    fitness = JobConfig.create(
+        "fitness", trunk=s.fitness_trunk, mode=s.fitness_mode, assays=assays, seed=s.seed,
+        name=f"fedavg-{s.heads}", rounds=s.fitness_rounds, local_epochs=s.fitness_local_epochs, heads=s.heads,
+        min_sites=s.sites)
+    sentiment = JobConfig.create(
+        "sentiment", trunk=s.sentiment_trunk, mode=s.sentiment_mode, max_length=64, seed=s.seed,
+        name=f"fedavg-{s.sentiment_mode}", rounds=s.sentiment_rounds, local_epochs=s.sentiment_local_epochs,
+        min_sites=s.sites)
     return fitness, sentiment
 
 

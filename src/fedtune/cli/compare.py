@@ -38,7 +38,7 @@ def compare_cmd(
     from fedtune.data import load_assays
     from fedtune.fl.config import JobConfig
     from fedtune.fl.federation import LocalFederation
-    from fedtune.train.config import DEFAULT_MODE, DEFAULT_TRUNK, default_train_config
+    from fedtune.train.config import DEFAULT_MODE
 
     sites = {p.name: p for p in sorted(data.glob("site-*")) if p.is_dir()}
     if len(sites) < 2:
@@ -47,21 +47,16 @@ def compare_cmd(
     head_modes = ["shared", "private"] if heads == "both" else [heads]
     if kind == Kind.sentiment:
         head_modes = ["shared"]
-    assays = []
-    if kind == Kind.fitness:
-        assays = [a.to_dict() for a in load_assays(assays_from or next(iter(sites.values())))]
+    assays = load_assays(assays_from or next(iter(sites.values()))) if kind == Kind.fitness else []
     jobs = []
     for mode in modes:
         for h in head_modes:
             name = "fedavg" + (f"-{mode}" if len(modes) > 1 else "") + (f"-{h}" if len(head_modes) > 1 else "")
-            trunk_cfg = {"source": trunk or DEFAULT_TRUNK[kind.value], "mode": mode}
-            if max_length:
-                trunk_cfg["max_length"] = max_length
-            train = default_train_config(kind.value, mode, lr=lr, batch_size=batch_size, seed=seed, progress=False)
             try:
-                jobs.append(JobConfig(kind=kind.value, name=name, rounds=rounds, local_epochs=local_epochs, heads=h,
-                                      min_sites=len(sites), seed=seed, trunk=trunk_cfg, train=train.to_dict(),
-                                      assays=assays))
+                jobs.append(JobConfig.create(kind.value, trunk=trunk, mode=mode, max_length=max_length,
+                                             assays=assays, seed=seed, lr=lr, batch_size=batch_size, name=name,
+                                             rounds=rounds, local_epochs=local_epochs, heads=h,
+                                             min_sites=len(sites)))
             except ValueError as exc:
                 fail(str(exc))
     with LocalFederation(workdir or out / "federation", sites) as fed:

@@ -116,20 +116,17 @@ def submit(
     from fedtune.fl.federation import print_event
     from fedtune.fl.job import build_job
     from fedtune.fl.submit import JobFailed, submit_and_wait
-    from fedtune.train.config import DEFAULT_MODE, DEFAULT_TRUNK, default_train_config
 
-    mode = trunk_mode.value if trunk_mode else DEFAULT_MODE[kind.value]
     assays = []
     if kind == Kind.fitness:
         src = assays_from.parent if assays_from and assays_from.name == "assays.csv" else assays_from
-        assays = [a.to_dict() for a in (load_assays(src) if src else SYNTHETIC_ASSAYS)]
-    train = default_train_config(kind.value, mode, lr=lr, batch_size=batch_size, seed=seed, progress=False)
+        assays = load_assays(src) if src else SYNTHETIC_ASSAYS
     try:
-        job = JobConfig(kind=kind.value, name=name or f"fedtune-{kind.value}", rounds=rounds,
-                        local_epochs=local_epochs, heads=heads, publish_heads=publish_heads, min_sites=min_sites,
-                        grace=grace, round_timeout=round_timeout, seed=seed,
-                        trunk={"source": trunk or DEFAULT_TRUNK[kind.value], "mode": mode},
-                        train=train.to_dict(), assays=assays)
+        job = JobConfig.create(kind.value, trunk=trunk, mode=trunk_mode.value if trunk_mode else None,
+                               assays=assays, seed=seed, lr=lr, batch_size=batch_size,
+                               name=name or f"fedtune-{kind.value}", rounds=rounds, local_epochs=local_epochs,
+                               heads=heads, publish_heads=publish_heads, min_sites=min_sites, grace=grace,
+                               round_timeout=round_timeout)
     except ValueError as exc:
         fail(str(exc))
     progress = None

@@ -37,10 +37,9 @@ import torch
 from ..data import AssayStats, load_site, moments
 from ..models import build_model, travelling_keys
 from ..train.ddp import DistContext, set_dropout
-from .config import JobConfig
+from .config import PUBLISHED, JobConfig
 
 log = logging.getLogger("fedtune.client")
-PUBLISHED = "published."
 
 
 def flat_metrics(metrics: dict) -> dict:

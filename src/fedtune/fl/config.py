@@ -10,6 +10,7 @@ from ..models import TrunkConfig
 from ..train import TrainConfig
 
 HEADS_MODES = ("shared", "private")
+PUBLISHED = "published."   # prefix of the heads a site publishes at the end of a private-heads job
 
 
 @dataclass
@@ -36,6 +37,21 @@ class JobConfig:
             raise ValueError(f"unknown heads mode {self.heads!r}; choose one of {HEADS_MODES}")
         if self.kind == "fitness" and not self.assays:
             raise ValueError("a fitness job needs its assay list")
+
+    @classmethod
+    def create(cls, kind: str, *, trunk: str | None = None, mode: str | None = None, max_length: int | None = None,
+               assays: list | None = None, seed: int = 0, lr: float | None = None,
+               batch_size: int | None = None, **fields) -> "JobConfig":
+        """A job with the per-task defaults (trunk, trunk mode, training settings) for whatever is not given;
+        `assays` are Assay objects; `fields` are the other JobConfig fields."""
+        from ..train.config import DEFAULT_MODE, DEFAULT_TRUNK, default_train_config
+        mode = mode or DEFAULT_MODE[kind]
+        trunk_cfg = {"source": trunk or DEFAULT_TRUNK[kind], "mode": mode}
+        if max_length:
+            trunk_cfg["max_length"] = max_length
+        train = default_train_config(kind, mode, lr=lr, batch_size=batch_size, seed=seed, progress=False)
+        return cls(kind=kind, seed=seed, trunk=trunk_cfg, train=train.to_dict(),
+                   assays=[a.to_dict() for a in assays or []], **fields)
 
     @property
     def private(self) -> bool:

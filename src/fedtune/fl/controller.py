@@ -31,9 +31,8 @@ from safetensors.torch import save_file
 
 from ..data import AssayStats
 from ..models import build_model, travelling_keys
-from .config import JobConfig
+from .config import PUBLISHED, JobConfig
 
-PUBLISHED = "published."
 
 
 def _tensor(v) -> torch.Tensor:
