@@ -10,9 +10,13 @@ class DataError(ValueError):
     """Input data that cannot be used; the message names where and why."""
 
 
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
 def normalise(seq: str) -> str:
-    """Strip surrounding whitespace and upper-case a chain."""
-    return seq.strip().upper()
+    """Strip surrounding whitespace and upper-case a chain's ASCII letters only: 'ß'.upper() == 'SS' must
+    not turn one invalid character into two serines."""
+    return seq.strip().translate(_ASCII_UPPER)
 
 
 def chain_problem(seq: str, max_length: int = MAX_CHAIN_LENGTH) -> str | None:

@@ -53,8 +53,13 @@ class AssayStats:
     def to_z(self, raw: np.ndarray) -> np.ndarray:
         return ((raw - self.mean) / self.std * self.sign).astype(np.float32)
 
-    def from_z(self, z: np.ndarray) -> np.ndarray:
-        return self.mean + self.sign * np.asarray(z, dtype=np.float64) * self.std
+    def from_z(self, z: np.ndarray, key: str | None = None) -> np.ndarray:
+        """Oriented z back to assay units: every assay ([..., A]), or the one assay `key` ([...])."""
+        z = np.asarray(z, dtype=np.float64)
+        if key is None:
+            return self.mean + self.sign * z * self.std
+        k = self.index(key)
+        return self.mean[k] + self.sign[k] * z * self.std[k]
 
     def index(self, key: str) -> int:
         return self.keys.index(key)

@@ -8,20 +8,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.sequences import AMINO_ACIDS, bad_residue_position, chain_problem
+from ..data.sequences import AMINO_ACIDS, bad_residue_position, chain_problem, normalise
 from .batcher import Job
 from .errors import ApiError
 from .registry import LoadedModel, Registry
 
 log = logging.getLogger(__name__)
 MAX_LISTED_PROBLEMS = 20
-_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-
-
-def normalise(seq: str) -> str:
-    """Strip and upper-case ASCII letters only: 'ß'.upper() == 'SS' must not turn into two serines."""
-    return seq.strip().translate(_ASCII_UPPER)
-
 
 def model_or_404(registry: Registry, name: str) -> LoadedModel:
     model = registry.get(name)
@@ -178,8 +171,6 @@ def fitness_arrays(model: LoadedModel, result: dict, heads: HeadChoice, tasks: l
         col = [x.key for x in model.bundle.model.assays if x.task == a.task].index(a.key)
         per_set = []
         for n in heads.names:
-            st = model.bundle.stats[n]
-            k = st.index(a.key)
-            per_set.append(st.mean[k] + st.sign[k] * result[n][a.task][:, col].astype(np.float64) * st.std[k])
+            per_set.append(model.bundle.stats[n].from_z(result[n][a.task][:, col], a.key))
         values[a.key] = (np.mean(per_set, axis=0), z[a.task][:, col])
     return z, values
