@@ -21,8 +21,7 @@ def test_client_with_foreign_kit_is_rejected_and_server_keeps_running(federation
                                                                       tiny_antibody_trunk, tmp_path):
     kits = federation.kits
     # same names, same ports, different root CA
-    foreign = provision(tmp_path / "other", list(site_data), fl_port=kits.fl_port, admin_port=kits.admin_port,
-                        reuse=False)
+    foreign = provision(tmp_path / "other", list(site_data), fl_port=kits.fl_port, admin_port=kits.admin_port)
     proc = subprocess.run(fedtune_command("client", "--kit", str(foreign.sites["site-1"]), "--data",
                                           str(site_data["site-1"]), "--startup-deadline", "20"),
                           capture_output=True, text=True, timeout=120)

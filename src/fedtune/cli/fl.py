@@ -34,16 +34,17 @@ def provision(
     host_name: Annotated[Optional[list[str]], typer.Option(help="extra server host names (SANs); repeatable")] = None,
     fl_port: Annotated[int, typer.Option(help="federated-learning port")] = 8002,
     admin_port: Annotated[int, typer.Option(help="admin port")] = 8003,
-    force: Annotated[bool, typer.Option(help="provision anew even if OUT holds kits (new root CA)")] = False,
+    force: Annotated[bool, typer.Option(help="write new kits even if OUT holds kits, signed by the SAME root CA "
+                                             "(the earlier kits and the CA are kept; a new CA needs a new OUT)")] = False,
 ):
     """Run real NVFlare provisioning: root CA + startup kits for the server, every site and an admin.
 
-    Existing kits in OUT are reused unless --force. The root CA key stays in OUT/workspace/fedtune/state:
-    keep it out of images and off the sites."""
+    Existing kits in OUT are reused unless --force; nothing in OUT is ever deleted. The root CA key stays in
+    OUT/workspace/fedtune/state (mode 0600): back it up, keep it out of images and off the sites."""
     from fedtune.fl.provision import provision as run_provision
 
     try:
-        kits = run_provision(out, sites, server_name, scheme, host_name or [], fl_port, admin_port, reuse=not force)
+        kits = run_provision(out, sites, server_name, scheme, host_name or [], fl_port, admin_port, force=force)
     except (ValueError, RuntimeError) as exc:
         fail(str(exc))
     typer.echo(f"server kit: {kits.server}")
@@ -127,13 +128,13 @@ def submit(
                                name=name or f"fedtune-{kind.value}", rounds=rounds, local_epochs=local_epochs,
                                heads=heads, publish_heads=publish_heads, min_sites=min_sites, grace=grace,
                                round_timeout=round_timeout)
+        job_dir = build_job(job, out / "jobs")    # refuses an unsafe name before it touches the disk
     except ValueError as exc:
         fail(str(exc))
     progress = None
     if metrics_port:
         from fedtune.fl.progress import ProgressMetrics
         progress = ProgressMetrics(metrics_port, kind.value)
-    job_dir = build_job(job, out / "jobs")
 
     def on_event(ev):
         print_event(ev)

@@ -93,7 +93,7 @@ class LocalFederation:
 
     def start(self, timeout: float = 120.0) -> "LocalFederation":
         self.kits = provision(self.workdir / "pki", list(self.site_data), scheme=self.scheme,
-                              fl_port=free_port(), admin_port=free_port(), reuse=False)
+                              fl_port=free_port(), admin_port=free_port(), force=True)
         self._start("server", ["server", "--kit", str(self.kits.server)])
         self._wait_for("server", READY["server"], timeout)
         for site, data in self.site_data.items():

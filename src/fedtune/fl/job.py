@@ -22,6 +22,7 @@ client puts its own interpreter first on PATH, so `python3` is the one fedtune i
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -37,11 +38,23 @@ LAUNCH_COMMAND = ["python3", "-u", "custom/fedtune_launch.py"]    # run in the s
 PRIVATE_HEADS_REGEX = r"^heads\."
 # a trainer busy with a large model on few cores can answer the liveness check late: be generous
 HEARTBEAT_TIMEOUT = 120.0
+# a job name or job id used as a folder name: no separator, no leading dot, so never `..` nor absolute
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+SERVER_WORKFLOW = "fedtune.fl.controller.FedtuneController"
+
+
+def check_name(value: object, what: str = "job name") -> str:
+    """`value` if it is a safe folder name (1-100 letters, digits, '.', '_', '-'; starts with a letter or
+    digit), else ValueError: a name that ends up in a path is checked before anything touches the disk."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise ValueError(f"{what} {value!r} is not a safe name: use 1-100 letters, digits, '.', '_' or '-', "
+                         f"starting with a letter or digit")
+    return value
 
 
 def server_config(job: JobConfig) -> dict:
     return {"format_version": 2,
-            "workflows": [{"id": "fedtune_controller", "path": "fedtune.fl.controller.FedtuneController",
+            "workflows": [{"id": "fedtune_controller", "path": SERVER_WORKFLOW,
                            "args": {"job": job.to_dict()}}],
             "components": []}
 
@@ -63,9 +76,22 @@ def client_config(job: JobConfig) -> dict:
             "task_result_filters": filters}
 
 
+def is_job_folder(path: Path) -> bool:
+    """Whether `path` is a job folder build_job wrote (the only kind of folder it replaces)."""
+    try:
+        cfg = json.loads((path / "app" / "config" / "config_fed_server.json").read_text())
+        return (path / "meta.json").is_file() and cfg["workflows"][0]["path"] == SERVER_WORKFLOW
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return False
+
+
 def build_job(job: JobConfig, out_dir: str | Path) -> Path:
-    """Write the job into `out_dir/<job.name>` and return that folder (what `submit_job` takes)."""
-    target = Path(out_dir).resolve() / job.name
+    """Write the job into `out_dir/<job.name>` and return that folder (what `submit_job` takes). The name must
+    be a safe slug; an earlier job folder of the same name is replaced, anything else there is refused."""
+    target = Path(out_dir).resolve() / check_name(job.name)
+    if target.is_symlink() or (target.exists() and not is_job_folder(target)):
+        raise ValueError(f"{target} exists and is not a fedtune job folder: not replaced (choose another --name "
+                         f"or --out)")
     if target.exists():
         shutil.rmtree(target)
     (target / "app" / "config").mkdir(parents=True)

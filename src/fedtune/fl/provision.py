@@ -7,12 +7,20 @@ site and an admin. The root CA key stays in `<out>/workspace/<project>/state/` o
       workspace/fedtune/prod_NN/<server>/   server kit (job + snapshot storage kept inside the kit)
       workspace/fedtune/prod_NN/site-K/     one kit per site
       workspace/fedtune/prod_NN/admin@fedtune.local/
-      workspace/fedtune/state/cert.json     root CA key: secret
+      workspace/fedtune/state/cert.json     root CA key and every participant's key: secret
+      ca-backups/cert-<UTC time>.json       copies of cert.json taken before a forced re-provisioning
+
+Provisioning runs under umask 077 and then closes every group/other permission in the workspace: private keys
+and cert.json are 0600, folders 0700. A root CA is never deleted or replaced: `--force` writes new kits
+(`prod_NN+1`) signed by the SAME root CA, and the earlier kits stay on disk; a new root CA means a new OUT.
+Back up `workspace/fedtune/state/` (the CA) and keep it off the sites: losing it means re-issuing every kit.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +32,11 @@ import yaml
 PROJECT = "fedtune"
 ADMIN = "admin@fedtune.local"
 SCHEMES = ("grpc", "http", "tcp")
+PRIVATE = 0o077      # permission bits nobody but the owner may have on anything in the workspace
+
+
+class ProvisionError(RuntimeError):
+    """OUT cannot be provisioned without losing something (an earlier root CA or kits), or NVFlare failed."""
 
 
 @dataclass
@@ -86,34 +99,90 @@ def keep_storage_in_kit(server_kit: Path) -> None:
     (local / "resources.json").write_text(json.dumps(res, indent=2))
 
 
+def ca_state(out: Path) -> Path:
+    """The root CA state file (root key, every participant's key) of a provisioning folder."""
+    return Path(out) / "workspace" / PROJECT / "state" / "cert.json"
+
+
+def earlier_provisioning(ws: Path) -> list[str]:
+    """What an existing workspace holds that a careless re-provisioning would lose (empty: nothing)."""
+    if not ws.is_dir():
+        return []
+    held = [str(p) for p in sorted(ws.glob("*/state/cert.json"))]
+    held += [str(p) for p in sorted(ws.glob("*/prod_*"))]
+    return held or ([str(ws)] if any(ws.iterdir()) else [])
+
+
+def make_private(root: Path) -> None:
+    """Close group/other permissions on `root` and everything below it (symlinks are not followed)."""
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        if mode & PRIVATE:
+            path.chmod(mode & ~PRIVATE & 0o7777)
+
+
+def back_up_ca(out: Path) -> Path | None:
+    """Copy the CA state aside (0600) before NVFlare rewrites it; returns the copy."""
+    state = ca_state(out)
+    if not state.is_file():
+        return None
+    backups = out / "ca-backups"
+    backups.mkdir(mode=0o700, exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    copy = backups / f"cert-{stamp}.json"
+    fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(state.read_bytes())
+    return copy
+
+
 def provision(out: str | Path, sites: int | list[str] = 3, server_name: str = "localhost", scheme: str = "grpc",
               host_names: list[str] | None = None, fl_port: int = 8002, admin_port: int = 8003,
-              reuse: bool = True) -> Kits:
-    """Provision a federation into `out`. With reuse (the default), existing kits in `out` are returned
-    unchanged, so a restarted deployment keeps its certificates."""
+              force: bool = False) -> Kits:
+    """Provision a federation into `out`. Existing kits (`kits.json`) are returned unchanged, so a restarted
+    deployment keeps its certificates. With `force`, new kits are written next to the earlier ones, signed by
+    the same root CA (kept in `workspace/fedtune/state/`, copied to `ca-backups/` first). A workspace that
+    holds an earlier provisioning but no `kits.json` is refused unless `force`: nothing is ever deleted."""
     out = Path(out).resolve()
-    if reuse and (out / "kits.json").exists():
+    if not force and (out / "kits.json").exists():
         return Kits.load(out)
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; choose one of {SCHEMES}")
     names = sites if isinstance(sites, list) else [f"site-{i + 1}" for i in range(sites)]
     if not names:
         raise ValueError("a federation needs at least one site")
-    out.mkdir(parents=True, exist_ok=True)
+    ws = out / "workspace"
+    held = earlier_provisioning(ws)
+    if held and not force:
+        raise ProvisionError(
+            f"{ws} holds an earlier provisioning but {out / 'kits.json'} is missing: {', '.join(held)}. Nothing "
+            f"was changed. --force writes new kits signed by the same root CA and keeps everything there; for a "
+            f"new root CA use another --out folder (deleting this one loses the root CA and invalidates every "
+            f"kit it signed).")
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if held and not (ws / PROJECT).is_dir():
+        raise ProvisionError(f"{ws} is not a fedtune workspace (no {PROJECT}/ project in it): not provisioned "
+                             f"into; choose another --out folder")
+    back_up_ca(out)
+    before = set(ws.glob(f"{PROJECT}/prod_*"))
     project = out / "project.yml"
     project.write_text(yaml.safe_dump(project_yaml(names, server_name, scheme, fl_port, admin_port,
                                                    host_names or []), sort_keys=False))
-    ws = out / "workspace"
-    if ws.exists():
-        shutil.rmtree(ws)
     nvflare = Path(sys.executable).parent / "nvflare"
     cmd = [str(nvflare)] if nvflare.exists() else [sys.executable, "-m", "nvflare.cli"]
-    res = subprocess.run([*cmd, "provision", "-p", str(project), "-w", str(ws)], capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"nvflare provision failed ({res.returncode}): {res.stdout[-2000:]} {res.stderr[-2000:]}")
-    prod = sorted((ws / PROJECT).glob("prod_*"))[-1]
+    # --force only skips NVFlare's interactive prompt for an existing workspace: it keeps state/ (the CA)
+    res = subprocess.run([*cmd, "provision", "-p", str(project), "-w", str(ws), "--force"], capture_output=True,
+                         text=True, umask=0o077)
+    new = sorted(set(ws.glob(f"{PROJECT}/prod_*")) - before)
+    if res.returncode != 0 or len(new) != 1:
+        raise ProvisionError(f"nvflare provision failed ({res.returncode}): {res.stdout[-2000:]} "
+                             f"{res.stderr[-2000:]}")
+    prod = new[0]
     kits = Kits(out, prod / server_name, {s: prod / s for s in names}, prod / ADMIN, server_name, fl_port,
                 admin_port, scheme)
     keep_storage_in_kit(kits.server)
+    make_private(ws)
     (out / "kits.json").write_text(json.dumps(kits.to_dict(), indent=2))
     return kits

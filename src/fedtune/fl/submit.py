@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .job import check_name
 from .provision import ADMIN
 
 DONE = ("FINISHED:COMPLETED",)
@@ -68,6 +69,10 @@ def submit_and_wait(job_dir: Path, admin_kit: Path, out: Path, timeout: float = 
         if on_event:
             on_event({"event": "sites", "sites": sites})
         job_id = session.submit_job(str(Path(job_dir).resolve()))
+        try:    # the server's answer names a local folder below: a path in it must not escape `out`
+            check_name(job_id, "job id from the server")
+        except ValueError as exc:
+            raise JobFailed(str(exc)) from None
         if on_submit:
             on_submit(job_id)
         seen, start, status = 0, time.monotonic(), ""
@@ -90,12 +95,23 @@ def submit_and_wait(job_dir: Path, admin_kit: Path, out: Path, timeout: float = 
         out = Path(out).resolve()
         out.mkdir(parents=True, exist_ok=True)
         target = out / job_id
+        if target.is_symlink() or (target.exists() and not is_job_result(target)):
+            raise JobFailed(f"{target} exists and is not a downloaded fedtune job result: not replaced (the "
+                            f"result stays in {downloaded})")
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(downloaded, target)
         return job_id, target
     finally:
         session.close()
+
+
+def is_job_result(path: Path) -> bool:
+    """Whether `path` holds a downloaded fedtune job result (the only folder submit replaces)."""
+    try:
+        return (find_fedtune_dir(path) / "job.json").is_file()
+    except FileNotFoundError:
+        return False
 
 
 def find_fedtune_dir(result: Path) -> Path:
