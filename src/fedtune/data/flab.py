@@ -114,29 +114,55 @@ def sort_assays(assays: list[Assay]) -> list[Assay]:
     return sorted(assays, key=lambda a: (order.get(a.task, len(order)), a.task, a.name))
 
 
+ASSAY_COLUMNS = ("heavy", "light", "fitness")
+
+
+def parse_assay_row(row: dict, max_length: int = MAX_CHAIN_LENGTH) -> tuple[tuple[str, str, float] | None, list]:
+    """One CSV row -> ((heavy, light, value), []) when valid, else (None, [(column, reason), ...]) naming
+    every problem of the row. The one definition of a valid row, shared by the loader and `check_site`."""
+    chains, problems = {}, []
+    for col in ("heavy", "light"):
+        seq = normalise(row.get(col) or "")
+        problem = chain_problem(seq, max_length)
+        if problem:
+            problems.append((col, problem))
+        chains[col] = seq
+    raw = row.get("fitness")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        problems.append(("fitness", f"not a number: {raw!r}"))
+    else:
+        if not np.isfinite(value):
+            problems.append(("fitness", f"not finite: {raw!r}"))
+    return (None if problems else (chains["heavy"], chains["light"], value)), problems
+
+
+def iter_assay_rows(path: Path, max_length: int = MAX_CHAIN_LENGTH):
+    """Yield (row number, parsed row or None, problems) for every data row of one assay file (the header is
+    row 1). A file that cannot be read as such (missing columns, not UTF-8, broken CSV) raises DataError."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = set(ASSAY_COLUMNS) - set(reader.fieldnames or [])
+            if missing:
+                raise DataError(f"{path}: missing column(s) {sorted(missing)}; expected heavy,light,fitness")
+            for i, row in enumerate(reader, start=2):
+                yield (i, *parse_assay_row(row, max_length))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except (csv.Error, OSError) as exc:
+        raise DataError(f"{path}: cannot be read as CSV: {exc}") from None
+
+
 def read_assay_csv(path: Path, max_length: int = MAX_CHAIN_LENGTH) -> list[tuple[str, str, float]]:
     """Rows of one assay file, every sequence validated; a bad row raises DataError naming file and row."""
     rows = []
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"heavy", "light", "fitness"} - set(reader.fieldnames or [])
-        if missing:
-            raise DataError(f"{path}: missing column(s) {sorted(missing)}; expected heavy,light,fitness")
-        for i, row in enumerate(reader, start=2):
-            chains = {}
-            for col in ("heavy", "light"):
-                seq = normalise(row[col] or "")
-                problem = chain_problem(seq, max_length)
-                if problem:
-                    raise DataError(f"{path}: row {i}, column {col}: {problem}")
-                chains[col] = seq
-            try:
-                value = float(row["fitness"])
-            except (TypeError, ValueError):
-                raise DataError(f"{path}: row {i}, column fitness: not a number: {row['fitness']!r}") from None
-            if not np.isfinite(value):
-                raise DataError(f"{path}: row {i}, column fitness: not finite: {row['fitness']!r}")
-            rows.append((chains["heavy"], chains["light"], value))
+    for i, parsed, problems in iter_assay_rows(path, max_length):
+        if problems:
+            col, why = problems[0]
+            raise DataError(f"{path}: row {i}, column {col}: {why}")
+        rows.append(parsed)
     return rows
 
 

@@ -47,29 +47,42 @@ def fpb_path(path: str | Path, agreement: str = "50") -> Path:
     return path
 
 
+def iter_fpb_lines(path: Path):
+    """Yield (line number, (sentence, label index) or None, problem or None) for every non-blank line of an
+    FPB file. The one definition of a valid line, shared by the loader and `check_site`."""
+    try:
+        with path.open(encoding="latin-1") as f:
+            for i, line in enumerate(f, start=1):
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                text, sep, label = line.rpartition("@")
+                label = label.strip().lower()
+                if not sep or label not in SENTIMENT_LABELS:
+                    yield i, None, (f"expected 'sentence@label' with label in {SENTIMENT_LABELS}, "
+                                    f"got {line[-40:]!r}")
+                elif not text.strip():
+                    yield i, None, "empty sentence"
+                else:
+                    yield i, (text.strip(), SENTIMENT_LABELS.index(label)), None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read: {exc}") from None
+
+
 def load_fpb(path: str | Path, agreement: str = "50") -> SentimentData:
     """Read an FPB file; a sentence that occurs more than once is kept once (its first label), so a
     duplicate can never end up on both sides of a split."""
     path = fpb_path(path, agreement)
     texts, labels, seen = [], [], set()
-    with path.open(encoding="latin-1") as f:
-        for i, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            text, sep, label = line.rpartition("@")
-            label = label.strip().lower()
-            if not sep or label not in SENTIMENT_LABELS:
-                raise DataError(f"{path}: line {i}: expected 'sentence@label' with label in "
-                                f"{SENTIMENT_LABELS}, got {line[-40:]!r}")
-            text = text.strip()
-            if not text:
-                raise DataError(f"{path}: line {i}: empty sentence")
-            if text in seen:
-                continue
-            seen.add(text)
-            texts.append(text)
-            labels.append(SENTIMENT_LABELS.index(label))
+    for i, parsed, problem in iter_fpb_lines(path):
+        if problem:
+            raise DataError(f"{path}: line {i}: {problem}")
+        text, label = parsed
+        if text in seen:
+            continue
+        seen.add(text)
+        texts.append(text)
+        labels.append(label)
     return SentimentData(texts, np.asarray(labels, dtype=np.int64))
 
 

@@ -11,13 +11,14 @@ import json
 from pathlib import Path
 
 from .flab import Assay, load_flab, write_flab
-from .fpb import SENTIMENT_LABELS, load_fpb, write_fpb
+from .fpb import AGREEMENT_FILES, SENTIMENT_LABELS, load_fpb, write_fpb
 from .sequences import DataError
 from .split import site_names, split_fitness_sites, split_sentiment_sites, train_val_split
 from .synthetic import synthetic_fitness, synthetic_sentiment
 
 SENTIMENT_FILE = "Sentences.txt"
 KINDS = ("fitness", "sentiment")
+MIN_SAMPLES = 2   # a site splits its rows into train and validation
 
 
 def check_kind(kind: str) -> str:
@@ -38,18 +39,25 @@ def load_site_data(kind: str, folder: str | Path, assays: list[Assay] | None = N
     folder = Path(folder)
     if check_kind(kind) == "fitness":
         return load_flab(folder, assays)
-    path = folder / SENTIMENT_FILE if folder.is_dir() else folder
-    if folder.is_dir() and not path.exists():
-        return load_fpb(folder)  # a folder with the original FPB files (50Agree)
-    return load_fpb(path)
+    return load_fpb(sentiment_path(folder))
+
+
+def sentiment_path(folder: str | Path) -> Path:
+    """The sentiment file a site reads: `Sentences.txt` in the folder, else the original FPB files' 50Agree
+    one; `folder` may also be the file itself."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return folder
+    own = folder / SENTIMENT_FILE
+    return own if own.exists() else folder / AGREEMENT_FILES["50"]
 
 
 def load_site(kind: str, folder: str | Path, assays: list[Assay] | None = None, seed: int = 0,
               val_fraction: float = 0.2):
     """(train, validation) of one site's folder."""
     data = load_site_data(kind, folder, assays)
-    if len(data) < 2:
-        raise DataError(f"{folder}: only {len(data)} sample(s); a site needs at least 2")
+    if len(data) < MIN_SAMPLES:
+        raise DataError(f"{folder}: only {len(data)} sample(s); a site needs at least {MIN_SAMPLES}")
     return train_val_split(data, val_fraction, seed)
 
 
