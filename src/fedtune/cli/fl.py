@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
+from .check import refuse_bad_data
 from .local import Kind, Mode, fail
 
 
@@ -77,9 +78,12 @@ def client(
                                                      "N > 1 trains with DistributedDataParallel under torchrun "
                                                      "(NCCL; gloo on a machine without CUDA) [FEDTUNE_GPUS, 1]")] = None,
 ):
-    """Run one site's NVFlare client in the foreground; its jobs train on DATA, which never leaves the site."""
+    """Run one site's NVFlare client in the foreground; its jobs train on DATA, which never leaves the site.
+
+    DATA is checked first (as `fedtune check-data` does): a folder with errors is refused, exit 2."""
     from fedtune.fl.process import run_client
 
+    refuse_bad_data(data)
     foreground(run_client, kit, site, data, startup_deadline, gpus=gpus)
 
 
