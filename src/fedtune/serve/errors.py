@@ -1,10 +1,14 @@
 """One error shape for every failure: {"error": message, "code": ..., "details": ...} (the `error` field is
-what the KServe v2 protocol asks for), and the request-body size limit."""
+what the KServe v2 protocol asks for), and the request-body size limit.
+
+Error bodies echo parts of the request (a residue, a validation error's input); `SafeJSONResponse` renders
+anything a client can send (a lone surrogate, NaN, Infinity) as valid JSON, so an error never becomes a 500."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -13,6 +17,32 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
+
+
+def json_safe(value):
+    """`value` with every non-finite float as a string and every lone surrogate escaped (backslash form):
+    what JSON (and UTF-8) can carry."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {json_safe(str(k)): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSONResponse that never fails to render what a client sent back to it (see json_safe)."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(json_safe(content), ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                          default=str).encode("utf-8")
 
 
 class ApiError(Exception):
@@ -39,7 +69,7 @@ def _first_validation_message(errors: list[dict]) -> str:
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return JSONResponse(error_body(exc.message, exc.code, exc.details), exc.status, headers=exc.headers)
+        return SafeJSONResponse(error_body(exc.message, exc.code, exc.details), exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -47,18 +77,18 @@ def install_handlers(app: FastAPI) -> None:
         for e in errors:    # echoing a megabyte of input back helps nobody
             if isinstance(e, dict) and isinstance(e.get("input"), (str, list, dict)) and len(str(e["input"])) > 200:
                 e["input"] = str(e["input"])[:200] + "..."
-        return JSONResponse(error_body(_first_validation_message(errors), "invalid_request", errors), 422)
+        return SafeJSONResponse(error_body(_first_validation_message(errors), "invalid_request", errors), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code,
-                                                                                       f"http_{exc.status_code}")
-        return JSONResponse(error_body(str(exc.detail), code), exc.status_code, headers=exc.headers)
+        codes = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+        code = codes.get(exc.status_code, f"http_{exc.status_code}")
+        return SafeJSONResponse(error_body(str(exc.detail), code), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "internal"), 500)
+        return SafeJSONResponse(error_body(f"internal error: {type(exc).__name__}", "internal"), 500)
 
 
 class BodyLimitMiddleware:

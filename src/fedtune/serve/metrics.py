@@ -9,6 +9,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# label values a client controls are mapped onto fixed sets, so no request can add a series
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def status_label(status: int) -> str:
+    return str(status) if 100 <= status <= 599 else "other"
 
 
 class ServeMetrics:
@@ -31,8 +37,10 @@ class ServeMetrics:
                                        registry=r)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route, method, str(status)).observe(seconds)
+        """`route` must be a route template of the app (or "unmatched"); `method` outside METHODS: "other"."""
+        method = method if method in METHODS else "other"
+        self.requests.labels(route, method, status_label(status)).inc()
+        self.latency.labels(route, method, status_label(status)).observe(seconds)
 
     def set_models(self, models: dict) -> None:
         """models: name -> LoadedModel; replaces the info series atomically enough for a scrape."""

@@ -25,6 +25,8 @@ def model_or_404(registry: Registry, name: str) -> LoadedModel:
 
 
 def check_count(n: int, limit: int, what: str) -> None:
+    if n < 1:
+        raise ApiError(422, "no_items", f"no {what} given: send at least one", {"limit": limit, "given": n})
     if n > limit:
         raise ApiError(413, "too_many_items", f"{n} {what} in one request exceed the limit of {limit}",
                        {"limit": limit, "given": n})

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 HEAVY = ("EVQLVESGGGLVQPGGSLRLSCAASGFTFSSYAMSWVRQAPGKGLEWVSAISGSGGSTYYADSVKGRFTISRDNSKNTLYLQMNSLRAEDTAVYYCAK"
          "DRLSITIRPRYYGLDVWGQGTTVTVSS")
+
+
+def _valid_unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid unicode (lone surrogate)") from None
+    return value
+
+
+# every string a client sends is checked: one that UTF-8 cannot carry (a lone surrogate, legal in JSON escapes)
+# would otherwise fail when echoed back in the response
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+
 LIGHT = "DIQMTQSPSSLSASVGDRVTITCRASQSISSYLNWYQQKPGKAPKLLIYAASSLQSGVPSRFSGSGSGTDFTLTISSLQPEDFATYYCQQSYSTPLTFGQGTKVEIK"
 
 
 class Antibody(BaseModel):
-    id: str | None = Field(None, max_length=256, description="your identifier, echoed back (default: the index)")
-    heavy: str = Field(description="heavy chain, one-letter amino acids (case and surrounding space ignored)")
-    light: str = Field(description="light chain, one-letter amino acids")
+    id: Text | None = Field(None, max_length=256, description="your identifier, echoed back (default: the index)")
+    heavy: Text = Field(description="heavy chain, one-letter amino acids (case and surrounding space ignored)")
+    light: Text = Field(description="light chain, one-letter amino acids")
 
 
 class FitnessRequest(BaseModel):
@@ -24,10 +38,10 @@ class FitnessRequest(BaseModel):
          "antibodies": [{"id": "ab-1", "heavy": HEAVY, "light": LIGHT}]},
     ]})
 
-    site: str | None = Field(None, description="a site's own heads; omitted: the global heads, or the mean over "
+    site: Text | None = Field(None, description="a site's own heads; omitted: the global heads, or the mean over "
                                                "all sites' heads when the bundle has no global heads")
-    tasks: list[str] | None = Field(None, description="tasks to score (default: all)")
-    assays: list[str] | None = Field(None, description="assays (name or task/name) to also report in their units")
+    tasks: list[Text] | None = Field(None, description="tasks to score (default: all)")
+    assays: list[Text] | None = Field(None, description="assays (name or task/name) to also report in their units")
     antibodies: list[Antibody] = Field(min_length=1)
 
 
@@ -64,8 +78,8 @@ class SentimentRequest(BaseModel):
         {"texts": ["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn.", "Net sales decreased by 5 %."]},
     ]})
 
-    site: str | None = Field(None, description="a site's own heads; omitted: global heads or mean over sites")
-    texts: list[str] = Field(min_length=1)
+    site: Text | None = Field(None, description="a site's own heads; omitted: global heads or mean over sites")
+    texts: list[Text] = Field(min_length=1)
 
 
 class SentimentPrediction(BaseModel):
@@ -105,7 +119,7 @@ class ModelsResponse(BaseModel):
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{}, {"bundles": ["/models/fitness-v2"]}]})
 
-    bundles: list[str] | None = Field(None, description="new bundle folders (each replaces the model of its "
+    bundles: list[Text] | None = Field(None, description="new bundle folders (each replaces the model of its "
                                                          "kind); omitted: re-read the folders being served")
 
 
@@ -138,15 +152,15 @@ class ModelMetadata(BaseModel):
 
 
 class InferInput(BaseModel):
-    name: str
+    name: Text
     shape: list[int]
-    datatype: str
+    datatype: Text
     data: list[Any]
     parameters: dict[str, Any] | None = None
 
 
 class RequestedOutput(BaseModel):
-    name: str
+    name: Text
     parameters: dict[str, Any] | None = None
 
 
@@ -156,7 +170,7 @@ class InferRequest(BaseModel):
                                {"name": "light", "shape": [1], "datatype": "BYTES", "data": [LIGHT]}]},
     ]})
 
-    id: str | None = None
+    id: Text | None = None
     parameters: dict[str, Any] | None = Field(None, description='e.g. {"site": "site-1"}')
     inputs: list[InferInput] = Field(min_length=1)
     outputs: list[RequestedOutput] | None = None
