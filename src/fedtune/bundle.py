@@ -10,8 +10,10 @@ A bundle is a folder that holds everything needed to serve a trained model and n
     heads/<site>.safetensors      a site's own heads (private heads published at the end of a job)
 
 Loading verifies every digest and every tensor shape against the manifest and refuses a corrupt or
-mismatched bundle with a BundleError that says which file and why. Saving writes into a temporary sibling
-folder and renames it into place, so a watcher never sees half a bundle.
+mismatched bundle with a BundleError that says which file and why. Saving writes a new version folder
+(`.<name>.versions/<UTC time>-<random>/`) and then atomically replaces the symlink `<name>` with one to it
+(fedtune.publish): the path always holds a whole bundle, a re-export gives `<name>/manifest.json` a new inode,
+and only an earlier bundle is ever replaced (anything else at the path is refused, untouched).
 """
 
 from __future__ import annotations
@@ -20,9 +22,7 @@ import copy
 import datetime as dt
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from .data.fpb import SENTIMENT_LABELS
 from .data.stats import AssayStats
 from .models import FitnessModel, SentimentModel, TrunkConfig, load_trunk, merge_trunk
 from .models.modes import FixedPrompt
+from .publish import check_target, new_version, publish
 
 FORMAT = "fedtune-bundle"
 FORMAT_VERSION = 1
@@ -68,6 +69,14 @@ def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def is_bundle_folder(path: Path) -> bool:
+    """Whether `path` holds a bundle manifest (any format version): the only kind of folder saving replaces."""
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def save_bundle(out_dir: str | Path, model: nn.Module, *, trunk_cfg: TrunkConfig,
                 stats: AssayStats | None = None, include_global: bool = True,
                 site_heads: dict[str, dict[str, torch.Tensor]] | None = None,
@@ -78,8 +87,10 @@ def save_bundle(out_dir: str | Path, model: nn.Module, *, trunk_cfg: TrunkConfig
     heads (`site_heads[site]` = a state dict with keys `heads.<task>....` or `<task>....`).
 
     `stats` are the target statistics of the global heads; `site_stats[site]` those of a site's heads
-    (default: `stats`)."""
+    (default: `stats`). `out_dir` becomes a symlink to a new version folder (see the module docstring);
+    anything at `out_dir` other than an earlier bundle raises PublishError (a ValueError), untouched."""
     out_dir = Path(out_dir)
+    check_target(out_dir, is_bundle_folder)
     kind = model.kind
     if kind == "fitness" and stats is None:
         raise ValueError("a fitness bundle needs the assay statistics")
@@ -89,7 +100,7 @@ def save_bundle(out_dir: str | Path, model: nn.Module, *, trunk_cfg: TrunkConfig
     model = merge_trunk(copy.deepcopy(model).to("cpu"))
     trunk = model.trunk
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = new_version(out_dir, is_bundle_folder)
     try:
         (tmp / "trunk").mkdir()
         (tmp / "heads").mkdir()
@@ -151,16 +162,10 @@ def save_bundle(out_dir: str | Path, model: nn.Module, *, trunk_cfg: TrunkConfig
         else:
             manifest["labels"] = list(SENTIMENT_LABELS)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        publish(tmp, out_dir, is_bundle_folder)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if out_dir.resolve() != tmp.resolve():    # not yet published: the half-written version goes
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
 

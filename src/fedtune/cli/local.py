@@ -72,8 +72,9 @@ def train_local_cmd(
     export: Annotated[bool, typer.Option(help="write an export bundle to OUT/bundle")] = True,
 ):
     """Train one site alone (AdamW, warm-up + cosine, early stopping; bf16 on CUDA) and export a bundle."""
-    from fedtune.bundle import save_bundle
+    from fedtune.bundle import is_bundle_folder, save_bundle
     from fedtune.data import DataError
+    from fedtune.publish import PublishError, check_target
     from fedtune.models import TrunkConfig
     from fedtune.train.config import DEFAULT_MODE, DEFAULT_TRUNK, default_train_config
     from fedtune.train.local import train_local
@@ -83,8 +84,10 @@ def train_local_cmd(
     cfg = default_train_config(kind.value, mode, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr,
                                seed=seed, device=device)
     try:
+        if export:   # before training: OUT/bundle must be absent or an earlier bundle
+            check_target(out / "bundle", is_bundle_folder)
         model, stats, result = train_local(kind.value, data, out, trunk_cfg, cfg, val_fraction=val_fraction)
-    except (DataError, FileNotFoundError) as exc:
+    except (DataError, FileNotFoundError, PublishError) as exc:
         fail(str(exc))
     final = result["final_val"]
     headline = (f"mean Pearson {final['mean_pearson']:.3f}" if kind == Kind.fitness and final["mean_pearson"] is not None
