@@ -4,8 +4,11 @@
 #     runs (`fedtune provision` keeps existing kits);
 #  2. each kit copied into its participant's own volume, mounted at $FEDTUNE_KITS/<name> (server, admin,
 #     site-1 ... site-N; a participant without a mounted folder is skipped);
-#  3. unless already there, demo site data (fitness + sentiment: synthetic, or real from FEDTUNE_FLAB_SOURCE /
-#     FEDTUNE_FPB_SOURCE) into each site's data volume mounted at $FEDTUNE_DATA_ROOT/site-K.
+#  3. each site's data volume mounted at $FEDTUNE_DATA_ROOT/site-K: an EMPTY one gets demo data (fitness +
+#     sentiment: synthetic, or real from FEDTUNE_FLAB_SOURCE / FEDTUNE_FPB_SOURCE) and the marker .fedtune-data;
+#     one with that marker is reused; any other (a site's real data) is never modified: it is kept, used as
+#     the site's data and checked with `fedtune check-data` (errors: exit 2, nothing changed). Nothing that
+#     fedtune did not write is ever deleted.
 # The root CA key stays in $FEDTUNE_PKI: no other container mounts it. FEDTUNE_PROVISION=0 skips 1 and 2
 # (in k8s a site's init container prepares its own demo data this way; its kit comes from a Secret).
 set -euo pipefail
@@ -44,12 +47,41 @@ provision_kits() {
   for i in $(seq 1 "$sites"); do copy_kit "$prod/site-$i" "$kits/site-$i"; done
 }
 
+site_state() {   # site_state <folder>: absent | ours | partial | empty | foreign
+  local dst=$1
+  if [ ! -d "$dst" ]; then echo absent
+  elif [ -f "$dst/.fedtune-data" ]; then echo ours
+  elif [ -f "$dst/.fedtune-data.partial" ]; then echo partial   # our own copy, interrupted: redo it
+  elif [ -z "$(find "$dst" -mindepth 1 -maxdepth 1 -print -quit)" ]; then echo empty
+  else echo foreign; fi
+}
+
+check_site_data() {   # check_site_data <folder>: a site's own data is validated, never modified
+  local dst=$1
+  if ! fedtune check-data --help >/dev/null 2>&1; then
+    echo "provision: $dst holds data fedtune did not write: kept as the site's data (not checked: this fedtune has no check-data)" >&2
+    return 0
+  fi
+  if ! fedtune check-data "$dst"; then
+    echo "provision: $dst holds data fedtune did not write, kept untouched, but it has errors (listed above): fix them, or mount an empty volume for demo data" >&2
+    return 2
+  fi
+  echo "data $dst: the site's own data, kept and checked"
+}
+
 prepare_data() {
-  local i missing=0 tmp dst
+  local i state tmp="" dst bad=0 need=0
   for i in $(seq 1 "$sites"); do
-    [ ! -d "$data/site-$i" ] || [ -f "$data/site-$i/.fedtune-data" ] || missing=1
+    dst="$data/site-$i"
+    state=$(site_state "$dst")
+    case "$state" in
+      foreign) check_site_data "$dst" || bad=1 ;;
+      ours) echo "data $dst: demo data present, reused" ;;
+      empty|partial) need=1 ;;
+    esac
   done
-  if [ "$missing" = 0 ]; then echo "site data present: reused"; return; fi
+  [ "$bad" = 0 ] || exit 2
+  if [ "$need" = 0 ]; then return; fi
   tmp=$(mktemp -d)
   fedtune prepare-data fitness --out "$tmp" --sites "$sites" --samples "$samples" \
     ${FEDTUNE_FLAB_SOURCE:+--source "$FEDTUNE_FLAB_SOURCE"}
@@ -57,11 +89,15 @@ prepare_data() {
     ${FEDTUNE_FPB_SOURCE:+--source "$FEDTUNE_FPB_SOURCE"}
   for i in $(seq 1 "$sites"); do
     dst="$data/site-$i"
-    [ -d "$dst" ] || continue
-    find "$dst" -mindepth 1 -delete
+    state=$(site_state "$dst")
+    [ "$state" = empty ] || [ "$state" = partial ] || continue
+    touch "$dst/.fedtune-data.partial"
+    if [ "$state" = partial ]; then   # everything in it was written by an interrupted copy of ours
+      find "$dst" -mindepth 1 ! -name .fedtune-data.partial -delete
+    fi
     cp -R "$tmp/site-$i/." "$dst/"   # no -a: a non-root copy cannot set the times of a root-owned mount
-    touch "$dst/.fedtune-data"
-    echo "data site-$i -> $dst"
+    mv "$dst/.fedtune-data.partial" "$dst/.fedtune-data"
+    echo "data site-$i -> $dst (demo data)"
   done
   rm -rf "$tmp"
 }
