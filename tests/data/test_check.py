@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from fedtune.data import (DataError, SENTIMENT_LABELS, check_folder, check_site, kinds_present, load_flab,
+from fedtune.data import (Assay, DataError, SENTIMENT_LABELS, check_folder, check_site, kinds_present, load_flab,
                           load_site, load_site_data, prepare_sites, synthetic_fitness, synthetic_sentiment,
                           write_site)
 
@@ -123,7 +123,19 @@ def break_not_utf8(site):
 def break_unsafe_assay_name(site):
     table = site / "assays.csv"
     table.write_text(table.read_text() + "../../outside,secret,1,,higher\n")
-    return "assays.csv", "not a plain folder and file name"
+    return "assays.csv", "task and assay must be plain names"
+
+
+def break_assay_table_column(site):
+    table = site / "assays.csv"
+    table.write_text(table.read_text().replace("task,assay,", "task,name,", 1))
+    return "assays.csv", "missing column(s) ['assay']"
+
+
+def break_assay_table_short_row(site):
+    table = site / "assays.csv"
+    table.write_text(table.read_text() + "binding\n")
+    return "assays.csv", "empty task or assay"
 
 
 def break_all_files_header_only(site):
@@ -145,7 +157,8 @@ def break_empty_sentiment_file(site):
 
 
 @pytest.mark.parametrize("breaker", [break_missing_column, break_empty_file, break_not_utf8,
-                                     break_unsafe_assay_name, break_all_files_header_only,
+                                     break_unsafe_assay_name, break_assay_table_column,
+                                     break_assay_table_short_row, break_all_files_header_only,
                                      break_unknown_sentiment_label, break_empty_sentiment_file])
 def test_broken_copy_is_an_error_and_the_loader_refuses_it_too(site, breaker):
     file, needle = breaker(site)
@@ -153,9 +166,20 @@ def test_broken_copy_is_an_error_and_the_loader_refuses_it_too(site, breaker):
     report = check_site(kind, site)
     assert not report.ok
     assert any(p.file == file and needle in p.reason for p in report.errors), report.format()
-    if breaker is not break_unsafe_assay_name:     # the loader would read outside the folder instead
-        with pytest.raises(DataError):
-            load_site(kind, site)
+    with pytest.raises(DataError):      # a DataError, not a KeyError or UnicodeDecodeError traceback
+        load_site(kind, site)
+
+
+def test_assay_list_cannot_point_outside_the_site_folder(tmp_path):
+    """A job's assay list (sent by the server) or a site's assays.csv naming '..' must not make the loader
+    read a file outside the site's folder."""
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.csv").write_text("heavy,light,fitness\nEVQL,DIQM,1.0\n")
+    (tmp_path / "site" / "binding").mkdir(parents=True)
+    (tmp_path / "site" / "binding" / "kd.csv").write_text("heavy,light,fitness\nEVQL,DIQM,2.0\n")
+    for bad in (Assay("..", "outside/secret"), Assay("binding", "../../outside/secret"), Assay(".", "kd")):
+        with pytest.raises(DataError, match="plain names"):
+            load_flab(tmp_path / "site", [Assay("binding", "kd"), bad])
 
 
 def test_sentiment_errors_name_every_line(site):

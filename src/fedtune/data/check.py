@@ -10,12 +10,13 @@ elution", or many rows at exactly an assay's minimum or maximum), assays or labe
 
 from __future__ import annotations
 
+import csv
 import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .flab import Assay, iter_assay_rows, load_assays, load_flab
+from .flab import Assay, assay_path, iter_assay_rows, load_assays
 from .fpb import SENTIMENT_LABELS, iter_fpb_lines
 from .sequences import DataError
 from .site import MIN_SAMPLES, SENTIMENT_FILE, check_kind, load_site_data, sentiment_path
@@ -141,8 +142,12 @@ def check_site(kind: str, folder: str | Path) -> CheckReport:
     return report
 
 
-def _plain(name: str) -> bool:
-    return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name
+def _reason(exc: Exception, *paths: Path) -> str:
+    """A loader's message without the path prefix (the report names the file in its own field)."""
+    text = str(exc)
+    for path in paths:
+        text = text.removeprefix(f"{path}: ")
+    return text
 
 
 def _check_fitness(folder: Path, report: CheckReport) -> None:
@@ -151,31 +156,30 @@ def _check_fitness(folder: Path, report: CheckReport) -> None:
         return
     try:
         assays = load_assays(folder)
-    except KeyError as exc:
-        report.add(ERROR, "assays.csv", f"missing column {exc}; expected task,assay,rows,measure,favourable")
-        return
-    except (DataError, ValueError, OSError, UnicodeDecodeError) as exc:
-        report.add(ERROR, "assays.csv", str(exc).removeprefix(f"{folder / 'assays.csv'}: "))
+    except (DataError, OSError, UnicodeDecodeError, csv.Error) as exc:
+        report.add(ERROR, "assays.csv", _reason(exc, folder / "assays.csv", folder))
         return
     if not assays:
         report.add(ERROR, "assays.csv", "lists no assays")
     listed = set()
     for a in assays:
-        if not (_plain(a.task) and _plain(a.name)):
-            report.add(ERROR, "assays.csv", f"task {a.task!r} / assay {a.name!r}: not a plain folder and file name")
-        elif a.key in listed:
+        try:
+            path = assay_path(folder, a)
+        except DataError as exc:
+            report.add(ERROR, "assays.csv", str(exc))
+            continue
+        if a.key in listed:
             report.add(ERROR, "assays.csv", f"assay {a.key} listed more than once")
-        else:
-            listed.add(a.key)
-            _check_assay(folder, a, report)
+            continue
+        listed.add(a.key)
+        _check_assay(path, a, report)
     for path in sorted(folder.glob("*/*.csv")):
         if f"{path.parent.name}/{path.stem}" not in listed:
             report.add(WARNING, str(path.relative_to(folder)), "not listed in assays.csv: training ignores it")
 
 
-def _check_assay(folder: Path, assay: Assay, report: CheckReport) -> None:
+def _check_assay(path: Path, assay: Assay, report: CheckReport) -> None:
     rel = f"{assay.key}.csv"
-    path = folder / rel
     if not path.is_file():
         report.add(WARNING, rel, "listed in assays.csv but absent: no labels for this assay at this site")
         report.rows[assay.key] = 0
@@ -199,7 +203,7 @@ def _check_assay(folder: Path, assay: Assay, report: CheckReport) -> None:
                 by_antibody[parsed[:2]].setdefault(parsed[2], i)
             values.append((parsed[2], i))
     except DataError as exc:
-        report.add(ERROR, rel, str(exc).removeprefix(f"{path}: "))
+        report.add(ERROR, rel, _reason(exc, path))
         return
     for labels in by_antibody.values():
         if len(labels) > 1:
@@ -270,7 +274,7 @@ def _check_sentiment(folder: Path, report: CheckReport) -> None:
                                          f"({SENTIMENT_LABELS[label]} here, {SENTIMENT_LABELS[kept]} there); "
                                          f"training keeps line {j}", i)
     except DataError as exc:
-        report.add(ERROR, rel, str(exc).removeprefix(f"{path}: "))
+        report.add(ERROR, rel, _reason(exc, path))
         return
     report.rows = counts
     for label, n in counts.items():

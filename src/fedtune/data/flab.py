@@ -97,16 +97,33 @@ def load_assays(root: str | Path) -> list[Assay]:
     if table.exists():
         out = []
         with table.open(newline="", encoding="utf-8") as f:
-            for i, row in enumerate(csv.DictReader(f), start=2):
+            reader = csv.DictReader(f)
+            missing = {"task", "assay"} - set(reader.fieldnames or [])
+            if missing:
+                raise DataError(f"{table}: missing column(s) {sorted(missing)}; expected task,assay,rows,measure,"
+                                f"favourable")
+            for i, row in enumerate(reader, start=2):
+                task, name = (row.get("task") or "").strip(), (row.get("assay") or "").strip()
+                if not task or not name:
+                    raise DataError(f"{table}: row {i}: empty task or assay")
                 fav = (row.get("favourable") or "higher").strip()
                 if fav not in ("higher", "lower"):
                     raise DataError(f"{table}: row {i}: favourable must be 'higher' or 'lower', got {fav!r}")
-                out.append(Assay(row["task"].strip(), row["assay"].strip(), fav, (row.get("measure") or "").strip()))
+                out.append(Assay(task, name, fav, (row.get("measure") or "").strip()))
         return sort_assays(out)
     found = [Assay(p.parent.name, p.stem) for p in sorted(root.glob("*/*.csv"))]
     if not found:
         raise DataError(f"{root}: no assays.csv and no <task>/<assay>.csv files")
     return sort_assays(found)
+
+
+def assay_path(root: Path, assay: Assay) -> Path:
+    """The file of an assay's rows under a FLAb folder. Task and assay must be plain names: an assay list
+    (a site's assays.csv, or a job's) cannot point outside the folder."""
+    for part in (assay.task, assay.name):
+        if not part or part.startswith(".") or "/" in part or "\\" in part:
+            raise DataError(f"assay {assay.task!r}/{assay.name!r}: task and assay must be plain names")
+    return root / assay.task / f"{assay.name}.csv"
 
 
 def sort_assays(assays: list[Assay]) -> list[Assay]:
@@ -177,7 +194,7 @@ def load_flab(root: str | Path, assays: list[Assay] | None = None,
     values: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     order: list[tuple[str, str]] = []
     for j, assay in enumerate(assays):
-        path = root / assay.task / f"{assay.name}.csv"
+        path = assay_path(root, assay)
         if not path.exists():
             continue
         for heavy, light, value in read_assay_csv(path, max_length):
