@@ -74,16 +74,21 @@ def test_real_data_and_sites_prepared_from_it_pass(flab_dir, fpb_dir, tmp_path):
 
     real = check_site("fitness", flab_dir)
     assert real.ok
-    warned = {(p.file, p.reason.split(":")[0]) for p in real.warnings}
+
+    def warned(file):
+        return [p.reason for p in real.warnings if p.file == file]
     # HIC "25 = no elution" is documented in assays.csv: flagged although only 2 of 119 rows sit there
-    assert any(f == "aggregation/jain2017biophyscial_HICRT.csv" and "documented" in r for f, r in
-               [(p.file, p.reason) for p in real.warnings])
+    assert any("documented in assays.csv as '25 = no elution" in r
+               for r in warned("aggregation/jain2017biophyscial_HICRT.csv"))
     # SGAC-SINS is capped at both ends of its range (0 and 1000 mM)
-    sgac = [p.reason for p in real.warnings if p.file == "aggregation/jain2017biophysical_SGACSINS.csv"]
+    sgac = warned("aggregation/jain2017biophysical_SGACSINS.csv")
     assert any("minimum 0" in r for r in sgac) and any("maximum 1000" in r for r in sgac)
     # Marks lists a few antibodies twice with different %ADA values
-    assert any(f.startswith("immunogenicity/") and r.startswith("the same antibody") for f, r in warned)
-    assert check_site("sentiment", fpb_dir).ok
+    assert any(r.startswith("the same antibody has different labels")
+               for r in warned("immunogenicity/marks2021humanization_immunogenicity.csv"))
+    fpb = check_site("sentiment", fpb_dir)      # the original FPB folder: its 50Agree file
+    assert fpb.ok and fpb.samples == len(load_site_data("sentiment", fpb_dir))
+    assert any("different label" in p.reason for p in fpb.warnings)
 
 
 def test_every_bad_row_is_reported_with_file_row_and_column(site):
