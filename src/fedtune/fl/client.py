@@ -21,7 +21,8 @@ job can switch dropout off with `train={"dropout": 0.0}` (masks are drawn per pr
 
 Site-local environment: `FEDTUNE_DATA` (the data folder), `FEDTUNE_RUNS` (where per-job outputs go;
 `fedtune client` sets `<kit>/fedtune-runs`), `FEDTUNE_SAVE_UPDATES=1` (also keep every round's upload as
-`<runs>/<job>/<site>/update-round-<n>.safetensors`, for checks).
+`<runs>/<job>/<site>/update-round-<n>.safetensors`, for checks), `FEDTUNE_TEST_TAMPER` (tests only: one
+named site sends a scaled, NaN or misshapen update or a false count, see `tamper`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ..train.ddp import DistContext, set_dropout
 from .config import PUBLISHED, JobConfig
 
 log = logging.getLogger("fedtune.client")
+TAMPER = "FEDTUNE_TEST_TAMPER"   # test-only misbehaviour of one site, see `tamper`
 
 
 def flat_metrics(metrics: dict) -> dict:
@@ -102,8 +104,14 @@ class SiteRunner:
         return {"n_train": len(self.train), "task_rows": rows}
 
     def stats(self) -> tuple[dict, dict, dict]:
-        n, s, ss = moments(self.train.labels)
-        meta = {"moments": [n.tolist(), s.tolist(), ss.tolist()], "digest": self.train.digest()}
+        """The count phase: row counts (they bound this site's later claims) and, for fitness, per-assay
+        moments of the training labels, sent only for assays with at least `min_stat_count` labelled rows
+        here (fewer would come close to revealing single measurements; those go out as zeros)."""
+        meta = {**self._counts(), "digest": self.train.digest()}
+        if self.job.kind == "fitness":
+            n, s, ss = moments(self.train.labels)
+            shared = n >= self.job.min_stat_count
+            meta["moments"] = [np.where(shared, v, 0.0).tolist() for v in (n, s, ss)]
         return {}, {}, meta
 
     def train_round(self, params: dict, meta: dict, keys: list[str] | None = None) -> tuple[dict, dict, dict]:
@@ -118,8 +126,11 @@ class SiteRunner:
             log.info("%s round %s: %s", self.site, meta.get("round"), summary)
             if os.environ.get("FEDTUNE_SAVE_UPDATES", "") not in ("", "0"):
                 self.save_update(out, meta.get("round"))
-        return out, flat_metrics(final), {**self._counts(), "summary": summary,
-                                          "NUM_STEPS_CURRENT_ROUND": len(history) * max(1, len(self.train))}
+        meta_out = {**self._counts(), "summary": summary,
+                    "NUM_STEPS_CURRENT_ROUND": len(history) * max(1, len(self.train))}
+        if self.dist.is_main and os.environ.get(TAMPER):
+            out = tamper(os.environ[TAMPER], self.site, out, meta_out, params)
+        return out, flat_metrics(final), meta_out
 
     def save_update(self, params: dict, rnd) -> Path:
         """Keep what this site sends in a round (FEDTUNE_SAVE_UPDATES=1): checks compare sites' uploads."""
@@ -151,6 +162,31 @@ class SiteRunner:
         if trainer.writer is not None:
             trainer.writer.close()
         return out, flat_metrics(final), {**self._counts(), "n_val": len(self.val), "final_val": final}
+
+
+def tamper(spec: str, site: str, update: dict, meta: dict, received: dict) -> dict:
+    """Test-only: make this site misbehave as a poisoned or broken site would, over the real federation.
+    `spec` = "<site>:<how>[;<site>:<how>...]" with how = scale=<f> (the site's change to the global model
+    times f), nan, shape (one tensor one row short) or n_train=<value> (a false row count). Other sites are
+    untouched."""
+    hows = [h for t, _, h in (part.partition(":") for part in spec.split(";")) if t.strip() == site]
+    if not hows:
+        return update
+    how = hows[0]
+    log.warning("%s: %s=%s: sending a deliberately bad update", site, TAMPER, how)
+    update = dict(update)
+    key = next(iter(update))
+    if how.startswith("scale="):
+        f = float(how.split("=", 1)[1])
+        start = {k: torch.as_tensor(np.asarray(received[k])) for k in update}
+        update = {k: start[k] + f * (v - start[k]) for k, v in update.items()}
+    elif how == "nan":
+        update[key] = update[key].clone().fill_(float("nan"))
+    elif how == "shape":
+        update[key] = update[key][:-1].clone()
+    elif how.startswith("n_train="):
+        meta["n_train"] = float(how.split("=", 1)[1])
+    return update
 
 
 def run_dir_for(job_id: str) -> Path:

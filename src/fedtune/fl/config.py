@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from ..data import Assay
 from ..models import TrunkConfig
 from ..train import TrainConfig
+from .aggregate import Aggregator
 
 HEADS_MODES = ("shared", "private")
 PUBLISHED = "published."   # prefix of the heads a site publishes at the end of a private-heads job
@@ -29,6 +30,11 @@ class JobConfig:
     trunk: dict = field(default_factory=dict)  # TrunkConfig
     train: dict = field(default_factory=dict)  # TrainConfig
     assays: list = field(default_factory=list)  # fitness: [Assay dict], the same at every site
+    aggregator: str = "fedavg"                 # fedavg (weighted by rows) | median | trimmed-mean
+    trim: float = 0.2                          # trimmed-mean: fraction trimmed at each end
+    min_stat_count: int = 5                    # an assay with fewer labelled rows at a site is not shared
+    keep_checkpoints: int = 3                  # the server keeps the global model of this many last rounds
+    init_from: str = ""                        # what the job starts from (provenance; the tensors ship in the job)
 
     def __post_init__(self):
         if self.kind not in ("fitness", "sentiment"):
@@ -37,6 +43,11 @@ class JobConfig:
             raise ValueError(f"unknown heads mode {self.heads!r}; choose one of {HEADS_MODES}")
         if self.kind == "fitness" and not self.assays:
             raise ValueError("a fitness job needs its assay list")
+        Aggregator(self.aggregator, self.trim)     # raises on an unknown name or a bad fraction
+        if self.min_stat_count < 1:
+            raise ValueError(f"min_stat_count must be at least 1: {self.min_stat_count}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be at least 1: {self.keep_checkpoints}")
 
     @classmethod
     def create(cls, kind: str, *, trunk: str | None = None, mode: str | None = None, max_length: int | None = None,

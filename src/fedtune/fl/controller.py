@@ -1,18 +1,27 @@
 """Server side of a fedtune job: FedAvg with k-of-n rounds and a deadline.
 
 Phases (each a "train" task whose FLModel.meta["phase"] says what the site does):
-1. stats (fitness only): every site returns per-assay moments (count, sum, sum of squares) of its training
-   labels: aggregates, never rows. The server pools them, so assay standardisation is identical everywhere.
+1. stats: every site reports its training row counts (the bound on every later count claim) and, for
+   fitness, per-assay moments (count, sum, sum of squares) of its training labels: aggregates, never rows,
+   and only for assays with at least `min_stat_count` labelled rows there. The server pools them, so assay
+   standardisation is identical everywhere (an assay no site shared gets mean 0, std 1, count 0).
 2. rounds 1..R: the global parameters that travel (trainable trunk parts, plus heads when shared) go out; each
    site trains `local_epochs` with the same Trainer as local training and returns its update; the server
-   averages weighted by training rows (a task head by the site's labelled rows for that task).
+   checks every update and count (`fedtune.fl.aggregate`: a bad one is dropped from the round, logged with
+   the site and reason, and listed under `rejected` in the summary) and combines the rest with the job's
+   aggregator (weighted FedAvg, median or trimmed mean). After every round the global model is written as a
+   checkpoint (`checkpoints/round-<n>.safetensors`, the last `keep_checkpoints` kept) with the summary so far,
+   so a job that fails later still has its training.
 3. final: the final global parameters go out once more; each site evaluates them on its validation split and
    returns the metrics and, with private heads and publishing on, its own heads (under `published.heads.`,
    which the private-head filter lets through on purpose: turn publishing off to keep heads on site).
 
 A round never hangs on a dead site: it closes once `min_sites` answered and `grace` more seconds passed (or
 every site answered, or `round_timeout` elapsed); the log names the sites that did not answer. Fewer than
-`min_sites` answers stops the job with an error.
+`min_sites` usable answers stops the job with an error (summary status "failed"; the checkpoints stay).
+
+A job may start from earlier weights: `fedtune submit --init-from` ships them in the job
+(`app/config/fedtune_init.safetensors`); they must fit this job's model.
 
 Everything the export needs is written to `<app_server>/fedtune/` and comes back with the job result.
 """
@@ -20,6 +29,7 @@ Everything the export needs is written to `<app_server>/fedtune/` and comes back
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -27,32 +37,46 @@ import numpy as np
 import torch
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from ..data import AssayStats
 from ..models import build_model, travelling_keys
+from .aggregate import (Aggregator, Rejected, as_tensor, check_counts, check_moments, check_train_result,
+                        check_update)
 from .config import PUBLISHED, JobConfig
-
-
-
-def _tensor(v) -> torch.Tensor:
-    return v.detach().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+from .resume import INIT_FILE
 
 
 def _wire(params: dict) -> dict:
     """numpy arrays on the wire: every NVFlare process can (de)serialise them without extra decomposers."""
-    return {k: _tensor(v).float().numpy() if _tensor(v).is_floating_point() else _tensor(v).numpy()
+    return {k: as_tensor(v).float().numpy() if as_tensor(v).is_floating_point() else as_tensor(v).numpy()
             for k, v in params.items()}
 
 
 def _nbytes(params: dict) -> int:
-    return int(sum(_tensor(v).numel() * _tensor(v).element_size() for v in params.values()))
+    try:
+        return int(sum(as_tensor(v).numel() * as_tensor(v).element_size() for v in params.values()))
+    except Rejected:
+        return 0
+
+
+def _save_atomic(tensors: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(data: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
 
 
 class FedtuneController(ModelController):
     def __init__(self, job: dict):
         super().__init__(persistor_id="", ignore_result_error=True)
         self.job = JobConfig.from_dict(job)
+        self.aggregate = Aggregator(self.job.aggregator, self.job.trim)
 
     # ---- helpers ---------------------------------------------------------------------------------------
     def _out_dir(self) -> Path:
@@ -87,25 +111,124 @@ class FedtuneController(ModelController):
                                f"({sorted(answered)}); min_sites={self.job.min_sites}")
         return results, missing
 
-    # ---- aggregation -----------------------------------------------------------------------------------
-    def _aggregate(self, results: list[FLModel], global_params: dict) -> dict:
-        out = {}
-        for key in global_params:
-            num, den = None, 0.0
-            for r in results:
-                if key not in r.params:
-                    continue
-                if key.startswith("heads."):
-                    w = float(r.meta.get("task_rows", {}).get(key.split(".")[1], r.meta.get("n_train", 1)))
-                else:
-                    w = float(r.meta.get("n_train", 1))
-                if w <= 0:
-                    continue
-                t = _tensor(r.params[key]).double() * w
-                num = t if num is None else num + t
-                den += w
-            out[key] = (num / den).to(_tensor(global_params[key]).dtype) if num is not None else global_params[key]
-        return out
+    def _screen(self, phase: str, rnd, results: list[FLModel], check) -> tuple[dict, dict]:
+        """({site: check(result)} for the answers that pass, {site: reason} for those that do not); fewer
+        usable answers than the round needs stops the job, as missing sites do."""
+        good, bad = {}, {}
+        for r in results:
+            site = str(r.meta.get("client_name", "?"))
+            try:
+                good[site] = check(site, r)
+            except Exception as exc:   # whatever a site sends must not crash the server
+                bad[site] = str(exc) if isinstance(exc, Rejected) else f"malformed answer: {exc!r:.200}"
+                self.warning(f"fedtune: {phase} round {rnd}: dropped the answer of {site}: {bad[site]}")
+        need = min(self.job.min_sites, len(self.engine.get_clients()))
+        if len(good) < need:
+            raise RuntimeError(f"{phase} round {rnd}: only {len(good)} usable answer(s) ({sorted(good)}); "
+                               f"rejected {bad}; min_sites={self.job.min_sites}")
+        return good, bad
+
+    # ---- state on disk ---------------------------------------------------------------------------------
+    def _init_state(self, state: dict, keys: list[str]) -> dict | None:
+        """The weights shipped with the job (--init-from), loaded into `state`; None when there are none."""
+        path = Path(self.engine.get_workspace().get_app_dir(self.fl_ctx.get_job_id())) / "config" / INIT_FILE
+        if not path.exists():
+            return None
+        init = load_file(str(path))
+        unknown = sorted(set(init) - set(state))
+        wrong = sorted(k for k in set(init) & set(state) if init[k].shape != state[k].shape)
+        absent = sorted(k for k in keys if k not in init and not k.startswith("heads."))
+        if unknown or wrong or absent:
+            raise RuntimeError(f"the initial weights do not fit this job's model: unknown keys {unknown[:3]}, "
+                               f"other shapes {wrong[:3]}, missing {absent[:3]}")
+        for k, v in init.items():
+            state[k] = v.to(state[k].dtype)
+        return init
+
+    def _checkpoint(self, state: dict, global_params: dict, rnd: int, summary: dict) -> None:
+        out = self._out_dir() / "checkpoints"
+        out.mkdir(exist_ok=True)
+        name = f"round-{rnd}.safetensors"
+        _save_atomic({**state, **global_params}, out / name)
+        for old in sorted(out.glob("round-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))[:-self.job.keep_checkpoints]:
+            old.unlink()
+        summary.update(last_round=rnd, checkpoint=f"checkpoints/{name}")
+        self._write_summary(summary)
+
+    def _write_summary(self, summary: dict) -> None:
+        rounds = summary["rounds"]
+        summary["bytes_per_round"] = max((r["bytes_up_per_site"] for r in rounds), default=0)
+        summary["seconds_per_round"] = float(np.mean([r["seconds"] for r in rounds])) if rounds else 0.0
+        _write_json_atomic(summary, self._out_dir() / "summary.json")
+
+    # ---- phases ----------------------------------------------------------------------------------------
+    def _count_phase(self, model, summary: dict) -> tuple[dict, dict]:
+        """Every site's row counts (the bound on its later claims) and, for fitness, the pooled statistics."""
+        job, meta = self.job, {}
+        assays, tasks = job.assay_list(), list(getattr(model, "tasks", []))
+        results, missing = self._ask("stats", {}, {}, 0)
+
+        def check(site, r):
+            counts = check_counts(r.meta, None, tasks)
+            moments = (check_moments(r.meta.get("moments"), len(assays), counts["n_train"], job.min_stat_count)
+                       if job.kind == "fitness" else None)
+            return counts, moments, r.meta.get("digest")
+
+        good, bad = self._screen("stats", 0, results, check)
+        if bad:
+            summary["rejected"]["stats"] = bad
+        if missing:
+            summary["missing"]["stats"] = missing
+        bounds = {site: counts for site, (counts, _, _) in good.items()}
+        summary["site_rows"] = bounds
+        summary["data_digests"] = {site: digest for site, (_, _, digest) in good.items()}   # admin side only
+        if job.kind == "fitness":
+            stats = AssayStats.pool([a.key for a in assays], [a.sign for a in assays],
+                                    [m for _, m, _ in good.values()])
+            meta["stats"] = summary["stats"] = stats.to_dict()
+            unshared = [k for k, c in zip(stats.keys, stats.count) if c == 0]
+            if unshared:
+                self.warning(f"fedtune: no site shared statistics for {unshared} (fewer than "
+                             f"{job.min_stat_count} labelled rows each): mean 0, std 1")
+        self._progress({"event": "stats", "sites": sorted(good), "missing": missing, "rejected": bad})
+        return bounds, meta
+
+    def _round(self, rnd: int, global_params: dict, meta: dict, bounds: dict, tasks: list) -> tuple[dict, dict]:
+        start = time.time()
+        results, missing = self._ask("train", global_params, meta, rnd)
+
+        def check(site, r):
+            return (*check_train_result(r, global_params, bounds.get(site), tasks), r)
+
+        good, bad = self._screen("train", rnd, results, check)
+        new_params = self.aggregate([(p, c) for p, c, _ in good.values()], global_params)
+        up = [_nbytes(r.params) for _, _, r in good.values()]
+        record = {"round": rnd, "seconds": time.time() - start, "missing": missing, "rejected": bad,
+                  "bytes_down_per_site": _nbytes(global_params), "bytes_up_per_site": max(up) if up else 0,
+                  "sites": {site: r.meta.get("summary", {}) for site, (_, _, r) in good.items()}}
+        return new_params, record
+
+    def _final(self, global_params: dict, meta: dict, state: dict, bounds: dict, summary: dict) -> list:
+        job, out = self.job, self._out_dir()
+        results, missing = self._ask("final", global_params, meta, job.rounds + 1)
+        head_refs = {k: v for k, v in state.items() if k.startswith("heads.")}
+
+        def check(site, r):
+            published = {k[len(PUBLISHED):]: v for k, v in (r.params or {}).items() if k.startswith(PUBLISHED)}
+            return check_update(published, head_refs) if published else {}, r
+
+        good, bad = self._screen("final", "", results, check)
+        (out / "site_heads").mkdir(exist_ok=True)
+        for site, (heads, r) in good.items():
+            summary["sites"][site] = {"final_val": r.meta.get("final_val"), "n_train": bounds.get(site, {}).get("n_train"),
+                                      "n_val": r.meta.get("n_val")}
+            if heads:
+                _save_atomic(heads, out / "site_heads" / f"{site}.safetensors")
+        if missing:
+            summary["missing"]["final"] = missing
+        if bad:
+            summary["rejected"]["final"] = bad
+        return missing
 
     # ---- the workflow ----------------------------------------------------------------------------------
     def run(self) -> None:
@@ -115,53 +238,35 @@ class FedtuneController(ModelController):
         torch.manual_seed(job.seed)
         model = build_model(job.kind, job.trunk_config(), job.assay_list() or None)
         keys = travelling_keys(model, private_heads=job.private)
-        state = model.state_dict()
-        global_params = {k: state[k].detach().cpu() for k in keys}
-        summary = {"job": job.to_dict(), "rounds": [], "missing": {}, "sites": {}, "bytes_per_round": 0}
-        self._progress({"event": "start", "rounds": job.rounds, "travelling_tensors": len(keys),
-                        "bytes_down": _nbytes(global_params)})
-
-        meta: dict = {}
-        if job.kind == "fitness":
-            results, missing = self._ask("stats", {}, {}, 0)
-            assays = job.assay_list()
-            stats = AssayStats.pool([a.key for a in assays], [a.sign for a in assays],
-                                    [r.meta["moments"] for r in results])
-            meta["stats"] = stats.to_dict()
-            summary["stats"] = meta["stats"]
-            summary["data_digests"] = {r.meta["client_name"]: r.meta.get("digest") for r in results}
-            self._progress({"event": "stats", "sites": sorted(summary["data_digests"]), "missing": missing})
-
-        for rnd in range(1, job.rounds + 1):
-            if self.abort_signal.triggered:
-                return
-            start = time.time()
-            results, missing = self._ask("train", global_params, meta, rnd)
-            global_params = self._aggregate(results, global_params)
-            up = [_nbytes(r.params) for r in results]
-            record = {"round": rnd, "seconds": time.time() - start, "missing": missing,
-                      "bytes_down_per_site": _nbytes(global_params), "bytes_up_per_site": max(up) if up else 0,
-                      "sites": {r.meta["client_name"]: r.meta.get("summary", {}) for r in results}}
-            summary["rounds"].append(record)
-            if missing:
-                summary["missing"][str(rnd)] = missing
-            self._progress({"event": "round", **record})
-
-        results, missing = self._ask("final", global_params, meta, job.rounds + 1)
-        state.update(global_params)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(out / "global.safetensors"))
-        (out / "site_heads").mkdir(exist_ok=True)
-        for r in results:
-            site = r.meta["client_name"]
-            summary["sites"][site] = {"final_val": r.meta.get("final_val"), "n_train": r.meta.get("n_train"),
-                                      "n_val": r.meta.get("n_val")}
-            heads = {k[len(PUBLISHED):]: _tensor(v).contiguous() for k, v in r.params.items()
-                     if k.startswith(PUBLISHED)}
-            if heads:
-                save_file(heads, str(out / "site_heads" / f"{site}.safetensors"))
-        if missing:
-            summary["missing"]["final"] = missing
-        summary["bytes_per_round"] = max((r["bytes_up_per_site"] for r in summary["rounds"]), default=0)
-        summary["seconds_per_round"] = float(np.mean([r["seconds"] for r in summary["rounds"]])) if summary["rounds"] else 0
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        self._progress({"event": "done", "sites": sorted(summary["sites"]), "missing": missing})
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        summary = {"job": job.to_dict(), "status": "running", "last_round": 0, "rounds": [], "missing": {},
+                   "rejected": {}, "sites": {}, "bytes_per_round": 0}
+        try:
+            if self._init_state(state, keys) is not None:
+                summary["init_from"] = job.init_from or "weights shipped with the job"
+            global_params = {k: state[k] for k in keys}
+            self._progress({"event": "start", "rounds": job.rounds, "travelling_tensors": len(keys),
+                            "bytes_down": _nbytes(global_params), "aggregator": job.aggregator})
+            bounds, meta = self._count_phase(model, summary)
+            tasks = list(getattr(model, "tasks", []))
+            for rnd in range(1, job.rounds + 1):
+                if self.abort_signal.triggered:
+                    return
+                global_params, record = self._round(rnd, global_params, meta, bounds, tasks)
+                summary["rounds"].append(record)
+                for key, value in (("missing", record["missing"]), ("rejected", record["rejected"])):
+                    if value:
+                        summary[key][str(rnd)] = value
+                self._checkpoint(state, global_params, rnd, summary)
+                self._progress({"event": "round", **record})
+            missing = self._final(global_params, meta, state, bounds, summary)
+            state.update(global_params)
+            _save_atomic(state, out / "global.safetensors")
+            summary["status"] = "complete"
+            self._write_summary(summary)
+            self._progress({"event": "done", "sites": sorted(summary["sites"]), "missing": missing})
+        except Exception as exc:
+            summary.update(status="failed", error=str(exc))
+            self._write_summary(summary)
+            self._progress({"event": "failed", "error": str(exc), "last_round": summary["last_round"]})
+            raise

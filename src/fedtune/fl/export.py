@@ -17,11 +17,19 @@ from .submit import find_fedtune_dir
 
 
 def load_job_result(result: str | Path):
-    """(job config, summary, full global state dict, {site: head state}) of a downloaded result."""
+    """(job config, summary, full global state dict, {site: head state}) of a downloaded result. A job that
+    did not complete gives the global model of its last complete round (summary "status" says which)."""
     src = find_fedtune_dir(Path(result))
     job = JobConfig.from_dict(json.loads((src / "job.json").read_text()))
     summary = json.loads((src / "summary.json").read_text())
-    state = load_file(str(src / "global.safetensors"))
+    if summary.get("status", "complete") == "complete":
+        weights = src / "global.safetensors"
+    elif summary.get("checkpoint"):
+        weights = src / summary["checkpoint"]
+    else:
+        raise ValueError(f"{result}: the job ended ({summary.get('status')}: {summary.get('error', '')}) before "
+                         "its first round completed: there is no trained model to export")
+    state = load_file(str(weights))
     heads = {p.stem: load_file(str(p)) for p in sorted((src / "site_heads").glob("*.safetensors"))}
     return job, summary, state, heads
 
@@ -33,14 +41,26 @@ def export_bundle(result: str | Path, out: str | Path) -> Path:
     stats = AssayStats.from_dict(summary["stats"]) if job.kind == "fitness" else None
     include_global = not job.private
     if job.private and not site_heads:
-        raise ValueError("private heads were not published by any site (publish_heads was off): the bundle "
-                         "would hold no trained heads")
-    metrics = {site: s["final_val"] for site, s in summary["sites"].items()}
-    provenance = {"how": f"federated (NVFlare FedAvg, provisioned mTLS), heads {job.heads}",
+        raise ValueError("private heads were not published by any site (publish_heads was off, or the job "
+                         "ended before its final phase): the bundle would hold no trained heads")
+    complete = summary.get("status", "complete") == "complete"
+    if complete:
+        sites = sorted(summary["sites"])
+        metrics = {site: s["final_val"] for site, s in summary["sites"].items()}
+    else:   # no final evaluation of the global model happened: no metrics rather than the wrong ones
+        sites = sorted(summary["rounds"][-1]["sites"]) if summary.get("rounds") else []
+        metrics = {}
+    provenance = {"how": f"federated (NVFlare, {job.aggregator}, provisioned mTLS), heads {job.heads}",
                   "job_name": job.name, "job_id": Path(result).name, "rounds": job.rounds,
-                  "local_epochs": job.local_epochs, "sites": sorted(summary["sites"]),
-                  "missing": summary.get("missing", {}), "data_digests": summary.get("data_digests", {}),
+                  "local_epochs": job.local_epochs, "sites": sites,
+                  "missing": summary.get("missing", {}), "rejected": summary.get("rejected", {}),
                   "bytes_per_round": summary.get("bytes_per_round"), "job": job.to_dict()}
+    if summary.get("init_from"):
+        provenance["init_from"] = summary["init_from"]
+    if not complete:
+        provenance["partial"] = (f"the job ended {summary.get('status')} ({summary.get('error', 'no error recorded')}); "
+                                 f"exported from its last complete round, {summary['last_round']} of {job.rounds}, "
+                                 "without a final evaluation")
     return save_bundle(out, model, trunk_cfg=job.trunk_config(), stats=stats, include_global=include_global,
                        site_heads=site_heads if job.private else None, heads_mode=job.heads,
-                       sites=sorted(summary["sites"]), metrics=metrics, provenance=provenance)
+                       sites=sites, metrics=metrics, provenance=provenance)

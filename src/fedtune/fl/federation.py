@@ -5,6 +5,7 @@
     with LocalFederation(workdir, {"site-1": dir1, "site-2": dir2}) as fed:
         result = fed.run(JobConfig(kind="fitness", ...))   # progress printed; returns the result folder
         fed.kill_site("site-2")                            # SIGKILL a site (failure tests)
+        fed.restart_server()                               # SIGKILL the server and start it again
 
 Processes run in their own process groups and are stopped on exit, Ctrl-C included; logs go to
 `<workdir>/logs/<name>.log`.
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import JobConfig
-from .job import build_job
+from .resume import build_job_from
 from .provision import Kits, provision
 from .submit import submit_and_wait
 
@@ -80,10 +81,11 @@ class LocalFederation:
         self.procs[name] = subprocess.Popen(fedtune_command(*args), stdout=log, stderr=subprocess.STDOUT,
                                             env=env, start_new_session=True, cwd=str(self.workdir))
 
-    def _wait_for(self, name: str, marker: str, timeout: float) -> None:
+    def _wait_for(self, name: str, marker: str, timeout: float, seen: int = 0) -> None:
+        """Wait until `marker` appears in the log more than `seen` times (the log of a restart appends)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if marker in self._log(name).read_text(errors="replace"):
+            if self._log(name).read_text(errors="replace").count(marker) > seen:
                 return
             if self.procs[name].poll() is not None:
                 raise RuntimeError(f"{name} exited ({self.procs[name].returncode}) before it was ready; "
@@ -118,6 +120,14 @@ class LocalFederation:
             return [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
+
+    def restart_server(self, timeout: float = 120.0) -> None:
+        """SIGKILL the server (a crash) and start it again with the same kit and storage; the running job is
+        lost (NVFlare marks it abandoned), the sites reconnect on their own."""
+        self.kill_site("server")
+        started = self._log("server").read_text(errors="replace").count(READY["server"])
+        self._start("server", ["server", "--kit", str(self.kits.server)])
+        self._wait_for("server", READY["server"], timeout, seen=started)
 
     def kill_site(self, site: str) -> None:
         """SIGKILL a site and every process under it: a crash, not a shutdown."""
@@ -167,9 +177,10 @@ class LocalFederation:
 
     # ---- jobs -----------------------------------------------------------------------------------------
     def run(self, job: JobConfig, timeout: float = 3600.0, on_event: Callable[[dict], None] | None = None,
-            on_submit: Callable[[str], None] | None = None) -> Path:
-        """Build, submit and wait for `job`; returns the downloaded result folder."""
-        job_dir = build_job(job, self.workdir / "jobs")
+            on_submit: Callable[[str], None] | None = None, init_from: str | Path | None = None) -> Path:
+        """Build, submit and wait for `job` (starting from the weights at `init_from`, see
+        `fedtune.fl.resume`); returns the downloaded result folder."""
+        job_dir = build_job_from(job, self.workdir / "jobs", init_from)
         if not self.quiet:
             print(f"submitting {job.kind} job '{job.name}' ({job.rounds} rounds, heads {job.heads}, "
                   f"trunk {job.trunk.get('source')} {job.trunk.get('mode')})", flush=True)
