@@ -114,12 +114,23 @@ def submit(
     metrics_port: Annotated[Optional[int], typer.Option(help="serve training progress as Prometheus metrics on "
                                                              "this port while the job runs")] = None,
     timeout: Annotated[float, typer.Option(help="give up (and abort the job) after this many seconds")] = 7200,
+    aggregator: Annotated[str, typer.Option(help="fedavg (weighted by the sites' row counts) | median | "
+                                                 "trimmed-mean (both robust to a few bad sites; they ignore "
+                                                 "row counts)")] = "fedavg",
+    trim: Annotated[float, typer.Option(help="trimmed-mean: fraction of the values trimmed at each end")] = 0.2,
+    min_stat_count: Annotated[int, typer.Option(help="fitness: a site shares an assay's statistics only with at "
+                                                     "least this many labelled rows")] = 5,
+    keep_checkpoints: Annotated[int, typer.Option(help="the server keeps the global model of this many last "
+                                                       "rounds")] = 3,
+    init_from: Annotated[Optional[Path], typer.Option(help="start from these weights: a job result (also a "
+                                                           "failed one), a round checkpoint or a bundle")] = None,
 ):
     """Build a FedAvg job, submit it over the admin channel (mTLS), show progress per round, wait, download."""
     from fedtune.data import SYNTHETIC_ASSAYS, load_assays
     from fedtune.fl.config import JobConfig
     from fedtune.fl.federation import print_event
-    from fedtune.fl.job import build_job
+    from fedtune.bundle import BundleError
+    from fedtune.fl.resume import build_job_from
     from fedtune.fl.submit import JobFailed, submit_and_wait
 
     assays = []
@@ -131,9 +142,10 @@ def submit(
                                assays=assays, seed=seed, lr=lr, batch_size=batch_size,
                                name=name or f"fedtune-{kind.value}", rounds=rounds, local_epochs=local_epochs,
                                heads=heads, publish_heads=publish_heads, min_sites=min_sites, grace=grace,
-                               round_timeout=round_timeout)
-        job_dir = build_job(job, out / "jobs")    # refuses an unsafe name before it touches the disk
-    except ValueError as exc:
+                               round_timeout=round_timeout, aggregator=aggregator, trim=trim,
+                               min_stat_count=min_stat_count, keep_checkpoints=keep_checkpoints)
+        job_dir = build_job_from(job, out / "jobs", init_from)    # refuses an unsafe name before it touches the disk
+    except (ValueError, FileNotFoundError, BundleError) as exc:
         fail(str(exc))
     progress = None
     if metrics_port:
@@ -151,6 +163,9 @@ def submit(
     except (JobFailed, FileNotFoundError, TimeoutError) as exc:
         if progress:
             progress.failed()
+        if getattr(exc, "result", None):
+            typer.echo(f"partial result: {exc.result} (`fedtune export --result {exc.result}` exports its last "
+                       f"complete round; `--init-from {exc.result}` resumes from it)")
         fail(str(exc))
     if progress:
         progress.finished()
@@ -168,7 +183,8 @@ def export(
     result: Annotated[Path, typer.Option(help="a downloaded job result (from `fedtune submit`)")],
     out: Annotated[Path, typer.Option(help="bundle folder to write (replaced atomically)")],
 ):
-    """Turn a finished job into an export bundle (global trunk + global or per-site heads + manifest)."""
+    """Turn a job result into an export bundle (global trunk + global or per-site heads + manifest); a job
+    that did not complete exports its last complete round (the manifest's provenance says so)."""
     from fedtune.fl.export import export_bundle
 
     try:
@@ -176,4 +192,8 @@ def export(
     except (FileNotFoundError, ValueError, KeyError) as exc:
         fail(str(exc))
     typer.echo(f"bundle: {path}")
+    from fedtune.bundle import read_manifest
+    partial = read_manifest(path)["provenance"].get("partial")
+    if partial:
+        typer.echo(f"note: {partial}")
     sys.stdout.flush()

@@ -15,7 +15,12 @@ DONE = ("FINISHED:COMPLETED",)
 
 
 class JobFailed(RuntimeError):
-    pass
+    """The job did not complete; `result` is its downloaded (partial) result when there is one: the
+    controller checkpoints every round, so `fedtune export` can still export the last complete round."""
+
+    def __init__(self, message: str, result: Path | None = None):
+        super().__init__(message)
+        self.result = result
 
 
 def open_session(admin_kit: Path, timeout: float = 60.0):
@@ -90,20 +95,29 @@ def submit_and_wait(job_dir: Path, admin_kit: Path, out: Path, timeout: float = 
                 raise JobFailed(f"job {job_id} did not finish within {timeout:.0f} s (aborted)")
             time.sleep(poll)
         if status not in DONE:
-            raise JobFailed(f"job {job_id} ended with status {status}")
-        downloaded = Path(session.download_job_result(job_id))
-        out = Path(out).resolve()
-        out.mkdir(parents=True, exist_ok=True)
-        target = out / job_id
-        if target.is_symlink() or (target.exists() and not is_job_result(target)):
-            raise JobFailed(f"{target} exists and is not a downloaded fedtune job result: not replaced (the "
-                            f"result stays in {downloaded})")
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(downloaded, target)
-        return job_id, target
+            try:
+                partial = download_result(session, job_id, out)
+            except Exception as exc:    # e.g. an abandoned job has no stored workspace
+                raise JobFailed(f"job {job_id} ended with status {status}; no result to download ({exc})") from None
+            raise JobFailed(f"job {job_id} ended with status {status}; what it did is in {partial}", partial)
+        return job_id, download_result(session, job_id, out)
     finally:
         session.close()
+
+
+def download_result(session, job_id: str, out: Path) -> Path:
+    """Download a job's result (finished or not) into `out/<job_id>` and return that folder."""
+    downloaded = Path(session.download_job_result(job_id))
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / job_id
+    if target.is_symlink() or (target.exists() and not is_job_result(target)):
+        raise JobFailed(f"{target} exists and is not a downloaded fedtune job result: not replaced (the "
+                        f"result stays in {downloaded})")
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(downloaded, target)
+    return target
 
 
 def is_job_result(path: Path) -> bool:
