@@ -6,10 +6,11 @@
 #   scripts/build-images.sh --cpu inference   # extra arguments go to `docker compose build`
 #
 # Without an image registry, run `eval "$(scripts/docker-engine.sh start)"` first: it makes the base image
-# fedtune/base:bookworm (debootstrap), which is used whenever the engine has it (FEDTUNE_BASE_IMAGE
-# overrides; the default elsewhere is debian:bookworm-slim). For a CPU build, a local torch CPU wheel
-# (FEDTUNE_TORCH_WHEEL, default /opt/wheels/torch-2.13.0+cpu-*.whl) is copied to services/wheels/, from
-# where the build bind-mounts it: no PyTorch index needed, and no layer keeps the wheel.
+# fedtune/base:bookworm (debootstrap) and exports FEDTUNE_BASE_IMAGE for it (the default elsewhere is
+# debian:bookworm-slim; an engine that has fedtune/base:bookworm uses it even without the export). For a CPU
+# build, `scripts/docker-engine.sh torch-wheel` copies a local torch CPU wheel (FEDTUNE_TORCH_WHEEL, default
+# /opt/wheels/torch-2.13.0+cpu-*.whl) to services/wheels/, from where the build bind-mounts it: no PyTorch
+# index needed, and no layer keeps the wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,11 +18,7 @@ files=(-f compose.yaml)
 if [ "${1:-}" = "--cpu" ]; then
   files+=(-f compose.cpu.yaml)
   shift
-  wheel=$(ls ${FEDTUNE_TORCH_WHEEL:-/opt/wheels/torch-2.13.0+cpu-*.whl} 2>/dev/null | head -n1 || true)
-  if [ -n "$wheel" ] && [ ! -f "services/wheels/$(basename "$wheel")" ]; then
-    echo "build-images: using $wheel" >&2
-    ln "$wheel" services/wheels/ 2>/dev/null || cp "$wheel" services/wheels/
-  fi
+  bash scripts/docker-engine.sh torch-wheel
 fi
 if [ -z "${FEDTUNE_BASE_IMAGE:-}" ] && docker image inspect fedtune/base:bookworm >/dev/null 2>&1; then
   export FEDTUNE_BASE_IMAGE=fedtune/base:bookworm

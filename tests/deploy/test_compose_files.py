@@ -4,7 +4,9 @@ non-root images, the Prometheus targets. (tests/deploy/test_compose_stack.py run
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import subprocess
 
 import pytest
@@ -116,6 +118,64 @@ def test_prometheus_scrapes_inference_and_training(compose):
     assert "monitoring" not in nets("site-1") and "monitoring" not in nets("fl-server")
 
 
+def test_admin_port_network_holds_only_the_server_and_the_submitter(compose):
+    services = compose["services"]
+    on = lambda net: {n for n, s in services.items() if net in s.get("networks", [])}
+    assert on("admin") == {"fl-server", "submitter"}
+    assert on("federation") == {"fl-server", *SITES}, "the submitter (admin kit) needs no route to a site"
+
+
+def test_inference_gets_both_keys_from_the_keys_volume(compose):
+    services = compose["services"]
+    inf, keys = services["inference"], services["keys"]
+    env = inf["environment"]
+    assert "FEDTUNE_API_KEY" not in env and "FEDTUNE_ADMIN_KEY" not in env, "keys never as plain values"
+    assert env["FEDTUNE_API_KEY_FILE"] == "/keys/api-key" and env["FEDTUNE_ADMIN_KEY_FILE"] == "/keys/admin-key"
+    assert volume_sources(inf)["keys"] == "/keys:ro" and volume_sources(keys) == {"keys": "/keys"}
+    assert [n for n, s in services.items() if "keys" in volume_sources(s)] == ["keys", "inference"]
+    assert inf["depends_on"]["keys"]["condition"] == "service_completed_successfully"
+    assert keys["network_mode"] == "none" and keys["entrypoint"] == ["tini", "--", "fedtune-keys"]
+    assert "COPY services/inference/keys.sh /usr/local/bin/fedtune-keys" in \
+        (REPO / "services/inference/Dockerfile").read_text()
+
+
+def run_keys(folder) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "services/inference/keys.sh")], capture_output=True, text=True,
+                          env={**os.environ, "FEDTUNE_KEYS_DIR": str(folder)}, timeout=60)
+
+
+def test_keys_are_generated_once_private_and_never_overwritten(tmp_path):
+    res = run_keys(tmp_path)
+    assert res.returncode == 0, res.stderr
+    keys = {n: (tmp_path / n).read_text() for n in ("api-key", "admin-key")}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["admin-key", "api-key"]
+    assert keys["api-key"] != keys["admin-key"] and all(len(k) >= 40 and k.strip() == k for k in keys.values())
+    for name in keys:
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    assert run_keys(tmp_path).returncode == 0                       # the next `up` keeps them
+    assert {n: (tmp_path / n).read_text() for n in keys} == keys
+    # a key file fedtune did not write (here: empty) is an error, and nothing is replaced
+    (tmp_path / "admin-key").write_text("")
+    res = run_keys(tmp_path)
+    assert res.returncode == 2 and "admin-key" in res.stderr
+    assert (tmp_path / "admin-key").read_text() == "" and (tmp_path / "api-key").read_text() == keys["api-key"]
+    assert run_keys(tmp_path / "missing").returncode == 2
+
+
+def test_the_engine_script_exports_its_base_image():
+    """`eval "$(scripts/docker-engine.sh start)"` must leave a shell where the README's `docker compose up`
+    builds FROM the debootstrap image (no registry lookup of debian:bookworm-slim); elsewhere the compose
+    default stays a standard Debian image."""
+    env = {k: v for k, v in os.environ.items() if k != "FEDTUNE_BASE_IMAGE"}
+    res = subprocess.run(["bash", str(REPO / "scripts/docker-engine.sh"), "env"], capture_output=True, text=True,
+                         env={**env, "FEDTUNE_DOCKER_DIR": "/var/tmp/x"}, timeout=30)
+    exports = dict(line[len("export "):].split("=", 1) for line in res.stdout.splitlines())
+    assert exports == {"DOCKER_HOST": "unix:///var/tmp/x/docker.sock", "DOCKER_CONFIG": "/var/tmp/x/dockercfg",
+                       "FEDTUNE_BASE_IMAGE": "fedtune/base:bookworm"}
+    text = (REPO / "compose.yaml").read_text()
+    assert re.findall(r"BASE_IMAGE: (\S+)", text) == ["${FEDTUNE_BASE_IMAGE:-debian:bookworm-slim}"] * 2
+
+
 def test_no_secret_can_enter_an_image():
     ignore = [l.strip() for l in (REPO / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")]
     assert ignore[0] == "*", ".dockerignore must start from nothing and allow only what images need"
@@ -136,7 +196,7 @@ def test_no_secret_can_enter_an_image():
 
 
 def test_service_scripts_parse():
-    scripts = sorted((REPO / "services").glob("*/*.sh")) + [REPO / "k8s/kit-secrets.sh"] + \
+    scripts = sorted((REPO / "services").glob("*/*.sh")) + [REPO / "k8s/kit-secrets.sh", REPO / "k8s/api-keys.sh"] + \
         [REPO / "scripts" / n for n in ("ci-deps.sh", "docker-engine.sh", "build-images.sh")]
     for script in scripts:
         res = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)

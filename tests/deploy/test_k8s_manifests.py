@@ -51,6 +51,18 @@ def kit_secrets(tmp_path_factory) -> list[dict]:
     return [d for d in yaml.safe_load_all(res.stdout) if d]
 
 
+def api_keys_secret() -> list[dict]:
+    res = subprocess.run(["bash", str(REPO / "k8s" / "api-keys.sh")], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return [d for d in yaml.safe_load_all(res.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def api_keys() -> list[dict]:
+    """The Secret k8s/api-keys.sh makes (the inference service's API key and admin key)."""
+    return api_keys_secret()
+
+
 def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
@@ -82,8 +94,8 @@ def matches(selector: dict, labels: dict) -> bool:
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("which", list(RENDERS))
-def test_every_rendered_object_validates_strictly(rendered, kit_secrets, which, version):
-    docs = rendered[which] + kit_secrets
+def test_every_rendered_object_validates_strictly(rendered, kit_secrets, api_keys, which, version):
+    docs = rendered[which] + kit_secrets + api_keys
     assert len(rendered[which]) >= 14
     for doc in docs:
         try:
@@ -231,15 +243,15 @@ def referenced(obj: dict, kind: str) -> set[str]:
 
 
 @pytest.mark.parametrize("which", list(RENDERS))
-def test_every_referenced_secret_configmap_and_claim_exists(rendered, kit_secrets, which):
-    docs = rendered[which] + kit_secrets
+def test_every_referenced_secret_configmap_and_claim_exists(rendered, kit_secrets, api_keys, which):
+    docs = rendered[which] + kit_secrets + api_keys
     for kind in ("Secret", "ConfigMap", "PersistentVolumeClaim"):
         have = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == kind}
         for obj in workloads(rendered[which]):
             for name in referenced(obj, kind):
                 assert (obj["metadata"]["namespace"], name) in have, \
                     f"{obj['kind']}/{obj['metadata']['name']} references {kind} {name}, which is not rendered"
-    wanted = {f"fedtune-kit-{p}" for p in PARTICIPANTS}
+    wanted = {f"fedtune-kit-{p}" for p in PARTICIPANTS} | {"fedtune-api-keys"}
     used = set().union(*(referenced(o, "Secret") for o in workloads(rendered[which])))
     assert used == wanted
 
@@ -278,6 +290,36 @@ def test_sites_have_a_gpu_limit_and_the_cpu_overlay_only_removes_it(rendered):
                 assert all("nvidia.com/gpu" not in c.get("resources", {}).get("limits", {}) for c in containers(obj))
     rest = lambda docs: [d for d in docs if not (d["kind"] == "Deployment" and d["metadata"]["name"] in SITES)]
     assert rest(rendered["base"]) == rest(rendered["cpu"])
+
+
+def test_inference_reads_both_keys_from_the_api_keys_secret(rendered, api_keys):
+    dep = by_kind(rendered["base"], "Deployment")["inference"]
+    (c,) = containers(dep, init=False)
+    env = {e["name"]: e for e in c["env"]}
+    assert "FEDTUNE_API_KEY" not in env and "FEDTUNE_ADMIN_KEY" not in env, "keys never as plain values"
+    files = {name: env[name]["value"] for name in ("FEDTUNE_API_KEY_FILE", "FEDTUNE_ADMIN_KEY_FILE")}
+    volumes = {v["name"]: v for v in pod_spec(dep)["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    for name, path in files.items():
+        folder, key = path.rsplit("/", 1)
+        mount = mounts[folder]
+        assert mount.get("readOnly") is True, name
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["secretName"] == "fedtune-api-keys" and not secret.get("optional"), name
+        assert secret["defaultMode"] & 0o007 == 0, "keys readable by other users"
+        assert key in by_kind(api_keys, "Secret")["fedtune-api-keys"]["data"], name
+    assert files["FEDTUNE_API_KEY_FILE"] != files["FEDTUNE_ADMIN_KEY_FILE"]
+    # the keys: URL-safe random strings, two different ones, fresh on every run of the script
+    (secret,) = api_keys
+    assert secret["metadata"]["namespace"] == NAMESPACE and set(secret["data"]) == {"api-key", "admin-key"}
+    keys = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    for k, v in keys.items():
+        assert len(v) >= 40 and v.replace("-", "").replace("_", "").isalnum(), (k, v)
+    assert keys["api-key"] != keys["admin-key"]
+    again = {k: base64.b64decode(v).decode() for k, v in api_keys_secret()[0]["data"].items()}
+    assert again["api-key"] != keys["api-key"] and again["admin-key"] != keys["admin-key"]
+    bad = subprocess.run(["bash", str(REPO / "k8s" / "api-keys.sh"), "x; rm -rf /"], capture_output=True, text=True)
+    assert bad.returncode == 2 and not bad.stdout and "not a namespace name" in bad.stderr
 
 
 # ---- network policies -----------------------------------------------------------------------------------
@@ -334,3 +376,52 @@ def test_prometheus_scrape_annotations_point_at_metrics_ports(rendered, app_rout
         assert int(ann["prometheus.io/port"]) in ports, obj["metadata"]["name"]
         assert ann["prometheus.io/path"] == "/metrics"
     assert "get" in paths["/metrics"] and httpx.get(url + "/metrics").status_code == 200
+
+
+def ingress_rules(docs: list[dict], labels: dict) -> list[dict]:
+    return [r for p in policies_for(docs, labels) for r in p["spec"].get("ingress", [])]
+
+
+def admitted_peers(rules: list[dict], port: int) -> list[dict]:
+    """The peers the rules admit on `port`; an empty peer list (anyone) is returned as [{}]."""
+    out = []
+    for rule in rules:
+        if any(p["port"] == port for p in rule.get("ports", [{"port": port}])):
+            out.extend(rule.get("from") or [{}])
+    return out
+
+
+PROMETHEUS = {"app.kubernetes.io/name": "prometheus"}
+CLIENT = {"fedtune.io/inference-client": "true"}
+
+
+def test_network_policies_admit_only_clients_and_prometheus_to_inference(rendered):
+    docs = rendered["base"]
+    inference = pod_labels(by_kind(docs, "Deployment")["inference"])
+    rules = ingress_rules(docs, inference)
+    assert rules and all(r.get("from") for r in rules), "a rule without `from` admits every pod of the cluster"
+    assert {p["port"] for r in rules for p in r["ports"]} == {8000}
+    peers = admitted_peers(rules, 8000)
+    assert {tuple(sorted(p["podSelector"]["matchLabels"].items())) for p in peers} == \
+        {tuple(CLIENT.items()), tuple(PROMETHEUS.items())}
+    # a pod of the federation itself is none of them (a site, the server, the submitter)
+    for name in ("fl-server", *SITES):
+        labels = pod_labels(by_kind(docs, "Deployment")[name])
+        assert not any(matches(p["podSelector"], labels) for p in peers), name
+    # the training metrics: Prometheus only
+    sub_peers = admitted_peers(ingress_rules(docs, pod_labels(by_kind(docs, "Job")["submitter"])), 9102)
+    assert sub_peers and all(p.get("podSelector", {}).get("matchLabels") == PROMETHEUS for p in sub_peers)
+
+
+def test_network_policies_the_admin_port_admits_only_the_submitter(rendered):
+    docs = rendered["base"]
+    rules = ingress_rules(docs, pod_labels(by_kind(docs, "Deployment")["fl-server"]))
+    assert all(r.get("from") and r.get("ports") for r in rules), rules
+    peers = admitted_peers(rules, 8003)
+    sub = pod_labels(by_kind(docs, "Job")["submitter"])
+    assert peers and all("namespaceSelector" not in p and matches(p["podSelector"], sub) for p in peers), peers
+    for name in SITES:
+        labels = pod_labels(by_kind(docs, "Deployment")[name])
+        assert not any(matches(p["podSelector"], labels) for p in peers), name
+    # the Service still exposes the admin port (for the submitter): the policy, not the Service, restricts it
+    assert {p["port"] for p in by_kind(docs, "Service")["fl-server"]["spec"]["ports"]} == {8002, 8003}
