@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # One Kubernetes Secret per participant from a provisioning folder (`fedtune provision --out DIR
-# --server-name fl-server`): the kit folder as a gzipped tarball under the key kit.tar.gz, which each pod's
-# init container unpacks into a writable emptyDir. Secret names: fedtune-kit-server, fedtune-kit-admin,
-# fedtune-kit-site-K. The root CA key (DIR/workspace/fedtune/state) is never included.
+# --server-name fl-server`): the kit's startup files as a gzipped tarball under the key kit.tar.gz, which each
+# pod's init container unpacks into a writable emptyDir. Secret names: fedtune-kit-server, fedtune-kit-admin,
+# fedtune-kit-site-K. Only startup/ and local/ (less local/resources.json, which holds provisioning-folder
+# paths) and an empty transfer/ folder are packed: a kit that has been used also holds job storage,
+# downloaded results, site-private models and run folders, none of which belongs in a Secret. The root CA
+# key (DIR/workspace/fedtune/state) is never included.
 #
 #   k8s/kit-secrets.sh DIR [NAMESPACE] | kubectl apply -f -      (prints the Namespace too; default fedtune)
 set -euo pipefail
@@ -12,8 +15,11 @@ prod=$(ls -d "$dir"/workspace/fedtune/prod_* 2>/dev/null | sort | tail -n1 || tr
 [ -n "$prod" ] || { echo "kit-secrets: no kits under $dir/workspace/fedtune/prod_* (run fedtune provision)" >&2; exit 2; }
 
 kit_tarball() {   # entries without a ./ entry: a non-root tar cannot chmod the emptyDir it unpacks into
-  (cd "$1" && shopt -s dotglob && tar --exclude=local/resources.json --owner=0 --group=0 --numeric-owner -cf - -- * \
-    | gzip -n | base64 | tr -d '\n')
+  local parts=(startup) empty=()
+  [ -d "$1/local" ] && parts+=(local)
+  [ -d "$1/transfer" ] && empty=(--no-recursion transfer)   # the admin API needs the folder, not its content
+  (cd "$1" && tar --exclude=local/resources.json --owner=0 --group=0 --numeric-owner -cf - "${parts[@]}" \
+    "${empty[@]}" | gzip -n | base64 | tr -d '\n')
 }
 
 secret() {   # secret <participant> <kit folder>
