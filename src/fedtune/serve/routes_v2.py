@@ -2,7 +2,8 @@
 
 fitness: inputs `heavy`, `light` (BYTES, shape [N] or [N, 1]); outputs one FP32 [N] tensor per task (the task
 score, oriented z). sentiment: input `text`; outputs `label` (BYTES [N]) and `probabilities` (FP32 [N, 3]).
-Request parameters: `site` (a site's heads), `tasks` (fitness, list of task names).
+Request parameters: `site` (a site's heads), `tasks` (fitness, list of task names). Infer bodies may use the
+binary tensor data extension, in and out (oip_binary.py), as tritonclient does by default.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import math
 
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 
 from .. import __version__ as fedtune_version
 from ..data.fpb import SENTIMENT_LABELS
 from .batcher import Job
-from .deps import require_key
+from .deps import api_key_header, bearer, require_key
 from .errors import ApiError, error_body
+from .oip_binary import HEADER_LENGTH, binary_outputs, decode_request, encode_response
 from .predict import (check_count, fitness_arrays, model_or_404, resolve_heads, resolve_tasks, run,
                       validate_chains, validate_texts)
 from .registry import LoadedModel
@@ -29,7 +32,41 @@ ERRORS = {400: {"model": ErrorResponse, "description": "malformed tensors"},
           422: {"model": ErrorResponse, "description": "invalid sequence or text"}}
 INPUTS = {"fitness": ("heavy", "light"), "sentiment": ("text",)}
 
-router = APIRouter(prefix="/v2", tags=["v2 (KServe Open Inference Protocol)"])
+class _DecodedRequest(Request):
+    """The request as FastAPI's JSON body parsing expects it: JSON content type, the decoded body as its JSON."""
+
+    def __init__(self, request: Request, raw: bytes, decoded):
+        drop = {b"content-type", b"content-encoding", HEADER_LENGTH.lower().encode()}
+        headers = [(k, v) for k, v in request.scope["headers"] if k not in drop]
+        super().__init__({**request.scope, "headers": [*headers, (b"content-type", b"application/json")]},
+                         request.receive)
+        self._body, self._decoded = raw, decoded
+
+    async def json(self):
+        return self._decoded
+
+
+class OipRoute(APIRoute):
+    """POST bodies are read as the Open Inference Protocol's clients send them (any Content-Type, optionally
+    compressed, optionally followed by binary tensor data); the API key is checked before the body is parsed."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+        if "POST" not in self.methods:
+            return handler
+
+        async def route(request: Request) -> Response:
+            await require_key(request, await bearer(request), await api_key_header(request))
+            raw = await request.body()
+            if not raw:
+                return await handler(request)
+            decoded = decode_request(raw, request.headers, request.app.state.settings.max_body_bytes)
+            return await handler(_DecodedRequest(request, raw, decoded))
+
+        return route
+
+
+router = APIRouter(prefix="/v2", tags=["v2 (KServe Open Inference Protocol)"], route_class=OipRoute)
 Name = Path(description="the model: fitness or sentiment", examples=["fitness", "sentiment"])
 Version = Path(description="the model version (the bundle digest's first 12 hex digits, or all of it)")
 
@@ -39,8 +76,11 @@ async def server_metadata() -> dict:
     return {"name": "fedtune", "version": fedtune_version, "extensions": []}
 
 
-@router.get("/health/live", summary="Liveness")
-async def live() -> dict:
+@router.get("/health/live", summary="Liveness: false (503) once a model's worker has died",
+            responses={503: {"model": ErrorResponse}})
+async def live(request: Request):
+    if dead := request.app.state.registry.dead():
+        return JSONResponse(error_body(f"the worker of {dead} has stopped; restart the service", "not_live"), 503)
     return {"live": True}
 
 
@@ -146,9 +186,11 @@ def _select(outputs: list[dict], req: InferRequest) -> list[dict]:
     return [by_name[o.name] for o in req.outputs]
 
 
-async def _infer(request: Request, name: str, req: InferRequest, version: str | None) -> InferResponse:
+async def _infer(request: Request, name: str, req: InferRequest, version: str | None) -> InferResponse | Response:
     registry, settings = request.app.state.registry, request.app.state.settings
-    _model(request, name, version)
+    model = _model(request, name, version)
+    names = list(model.bundle.model.tasks) if name == "fitness" else ["label", "probabilities"]
+    binary = binary_outputs(req.parameters, req.outputs, names)
     inputs = _bytes_input(req, name)
     n = len(next(iter(inputs.values())))
     check_count(n, settings.max_items, "items")
@@ -189,19 +231,24 @@ async def _infer(request: Request, name: str, req: InferRequest, version: str | 
             {"name": "label", "datatype": "BYTES", "shape": [n], "data": [labels[int(i)] for i in probs.argmax(1)]},
             {"name": "probabilities", "datatype": "FP32", "shape": [n, len(labels)],
              "data": probs.astype(float).ravel().tolist()}], req)
-    return InferResponse(model_name=model.name, model_version=model.version, id=req.id,
-                         parameters={"heads": heads.mode, "head_sets": heads.names, "digest": model.bundle.digest},
-                         outputs=outputs)
+    response = InferResponse(model_name=model.name, model_version=model.version, id=req.id,
+                             parameters={"heads": heads.mode, "head_sets": heads.names,
+                                         "digest": model.bundle.digest}, outputs=outputs)
+    if not binary:
+        return response
+    payload, header_length = encode_response(response.model_dump(), binary)
+    return Response(payload, media_type="application/octet-stream",
+                    headers={HEADER_LENGTH: str(header_length)})
 
 
 @router.post("/models/{name}/infer", response_model=InferResponse, responses=ERRORS,
              dependencies=[Depends(require_key)], summary="Inference")
-async def infer(request: Request, req: InferRequest, name: str = Name) -> InferResponse:
+async def infer(request: Request, req: InferRequest, name: str = Name) -> InferResponse | Response:
     return await _infer(request, name, req, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer", response_model=InferResponse, responses=ERRORS,
              dependencies=[Depends(require_key)], summary="Inference (one version)")
 async def infer_version(request: Request, req: InferRequest, name: str = Name,
-                       version: str = Version) -> InferResponse:
+                       version: str = Version) -> InferResponse | Response:
     return await _infer(request, name, req, version)
