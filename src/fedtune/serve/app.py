@@ -15,6 +15,7 @@ from .deps import require_key_for_metrics
 from .errors import BodyLimitMiddleware, install_handlers
 from .metrics import RequestMetricsMiddleware, ServeMetrics
 from .registry import Registry, ReloadError
+from .routes_admin import router as admin_router
 from .routes_v1 import router as v1_router
 from .routes_v2 import router as v2_router
 from .settings import ServeSettings
@@ -81,6 +82,7 @@ def create_app(settings: ServeSettings | None = None, registry: Registry | None 
     install_handlers(app)
     app.include_router(v1_router)
     app.include_router(v2_router)
+    app.include_router(admin_router)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", dependencies=[Depends(require_key_for_metrics)],
              response_class=Response, responses={200: {"content": {"text/plain": {}}}})

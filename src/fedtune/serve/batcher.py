@@ -5,6 +5,10 @@ concurrent Future; the asyncio loop never runs model code. The worker takes item
 (up to `max_batch`, waiting at most `max_wait_ms` for a batch to fill), sorts them by length, runs the trunk
 once per item in padded chunks of at most `max_batch_tokens`, and when every item of a job has its embedding
 applies that job's heads (all requested head sets and tasks share the one trunk pass).
+
+Faults stay contained: a batch that fails is retried job by job, so only the request that caused the failure
+gets it; the queue is bounded (QueueFull); if the worker thread ever dies, every waiting request is answered
+(WorkerDead) and `alive` turns false, which the liveness probe reports.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ log = logging.getLogger(__name__)
 
 class BatcherClosed(RuntimeError):
     """The batcher was retired by a reload; submit to the current model instead."""
+
+
+class QueueFull(RuntimeError):
+    """More items are waiting than the queue may hold; the client should retry later."""
+
+
+class WorkerDead(RuntimeError):
+    """The worker thread has stopped unexpectedly; this model answers nothing until the service restarts."""
 
 
 @dataclass(eq=False)
@@ -46,18 +58,20 @@ def item_length(item) -> int:
 
 class MicroBatcher:
     def __init__(self, name: str, bundle, *, max_batch: int = 64, max_wait_ms: float = 5.0,
-                 max_batch_tokens: int = 16384, metrics=None):
+                 max_batch_tokens: int = 16384, max_queue: int = 4096, metrics=None):
         self.name = name
         self.bundle = bundle
         self.model = bundle.model
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.max_batch_tokens = max_batch_tokens
+        self.max_queue = max_queue
         self.metrics = metrics
         self.device = bundle.device
         self._pending: collections.deque[Job] = collections.deque()
         self._queued = 0
         self._closed = False
+        self._dead = False
         self._cv = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
         self._thread.start()
@@ -65,11 +79,16 @@ class MicroBatcher:
     # ---- called from the event loop -------------------------------------------------------------------
     def submit(self, job: Job) -> Future:
         with self._cv:
+            if self._dead:
+                raise WorkerDead(self.name)
             if self._closed:
                 raise BatcherClosed(self.name)
             if not job.items:
                 job.future.set_result({})
                 return job.future
+            if self._queued + len(job) > self.max_queue:
+                raise QueueFull(f"{self._queued} items already waiting for the {self.name} model "
+                                f"(queue limit {self.max_queue})")
             self._pending.append(job)
             self._queued += len(job)
             self._gauge()
@@ -87,6 +106,11 @@ class MicroBatcher:
     @property
     def queued(self) -> int:
         return self._queued
+
+    @property
+    def alive(self) -> bool:
+        """False when the worker died (a retired batcher whose thread ended normally counts as alive)."""
+        return not self._dead and (self._thread.is_alive() or self._closed)
 
     # ---- worker thread -------------------------------------------------------------------------------
     def _gauge(self) -> None:
@@ -119,30 +143,64 @@ class MicroBatcher:
             return slices
 
     def _run(self) -> None:
-        torch.set_grad_enabled(False)
-        while True:
-            slices = self._take()
-            if slices is None:
-                break
-            live = [s for s in slices if not s[0].future.done()]   # cancelled (client left) or failed: skip
-            jobs = list(dict.fromkeys(job for job, _, _ in live))
-            try:
-                self._embed(live)
+        inflight: list[Job] = []
+        try:
+            torch.set_grad_enabled(False)
+            while True:
+                slices = self._take()
+                if slices is None:
+                    break
+                live = [s for s in slices if not s[0].future.done()]    # skip cancelled (timed out) or failed
+                inflight = [job for job, _, _ in live]
+                self._process(live)
+                inflight = []
+        except BaseException:   # never expected: Exception is handled per batch; anything else ends the worker
+            log.critical("%s: the batcher worker died; this model answers 503 until the service restarts",
+                         self.name, exc_info=True)
+        finally:
+            self._fail_pending(inflight)
+
+    def _fail_pending(self, inflight: list[Job]) -> None:
+        """Called as the worker ends: a worker that ends without close() is dead; nobody may wait on it."""
+        with self._cv:
+            self._dead = not self._closed
+            jobs, self._queued = inflight + list(self._pending), 0
+            self._pending.clear()
+            self._gauge()
+        for job in jobs:
+            _resolve(job.future, exc=WorkerDead(self.name))
+
+    def _process(self, live: list[tuple[Job, int, int]]) -> None:
+        jobs = list(dict.fromkeys(job for job, _, _ in live))
+        done_before = {job: job.done for job in jobs}
+        try:
+            self._embed(live)
+            self._answer(jobs)
+        except Exception as exc:   # a model failure answers the jobs involved, never kills the worker
+            n = sum(e - s for _, s, e in live)
+            if len(jobs) == 1:
+                log.exception("%s: batch of %d items failed", self.name, n)
+                jobs[0].emb = None
+                _resolve(jobs[0].future, exc=exc)
+            else:                  # one request's failure must not fail the others: retry each alone
+                log.warning("%s: batch of %d items from %d requests failed (%s); retrying each request alone",
+                            self.name, n, len(jobs), exc)
                 for job in jobs:
-                    if job.done == len(job) and not job.future.done():
-                        result = self._heads(job)
-                        job.emb = None
-                        _resolve(job.future, result)
-            except Exception as exc:   # a model failure answers the jobs involved, never kills the worker
-                log.exception("%s: batch of %d items failed", self.name, sum(e - s for _, s, e in live))
-                for job in jobs:
-                    job.emb = None
-                    _resolve(job.future, exc=exc)
-            if self.metrics is not None:
-                n = sum(e - s for _, s, e in live)
-                if n:
-                    self.metrics.batch_size.labels(self.name).observe(n)
-                    self.metrics.items.labels(self.name).inc(n)
+                    job.done = done_before[job]
+                    self._process([s for s in live if s[0] is job])
+                return
+        if self.metrics is not None:
+            n = sum(e - s for _, s, e in live)
+            if n:
+                self.metrics.batch_size.labels(self.name).observe(n)
+                self.metrics.items.labels(self.name).inc(n)
+
+    def _answer(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job.done == len(job) and not job.future.done():
+                result = self._heads(job)
+                job.emb = None
+                _resolve(job.future, result)
 
     def _autocast(self):
         if self.device.type == "cuda":

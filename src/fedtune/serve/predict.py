@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.sequences import AMINO_ACIDS, bad_residue_position, chain_problem, normalise
-from .batcher import Job
+from .batcher import BatcherClosed, Job, QueueFull, WorkerDead
 from .errors import ApiError
 from .registry import LoadedModel, Registry
 
@@ -155,14 +155,33 @@ async def run(registry: Registry, name: str, build):
     except KeyError:
         model_or_404(registry, name)
         raise
+    except QueueFull as exc:
+        raise ApiError(503, "overloaded", f"the service is busy: {exc}; retry later",
+                       headers={"Retry-After": "1"}) from None
+    except WorkerDead:
+        raise _worker_dead(name) from None
+    except BatcherClosed:
+        raise ApiError(503, "shutting_down", "the service is shutting down; retry on another replica",
+                       headers={"Retry-After": "1"}) from None
+    timeout = registry.settings.request_timeout_s
     try:
-        result = await asyncio.wrap_future(job.future)
+        result = await asyncio.wait_for(asyncio.wrap_future(job.future), timeout)   # cancels the job on timeout
     except asyncio.CancelledError:
         raise
+    except TimeoutError:
+        raise ApiError(504, "timeout", f"no prediction within {timeout:g} s (FEDTUNE_REQUEST_TIMEOUT_S); the "
+                                       f"request was dropped from the queue") from None
+    except WorkerDead:
+        raise _worker_dead(name) from None
     except Exception as exc:
         log.exception("%s inference failed", name)
         raise ApiError(500, "inference_failed", f"inference failed: {type(exc).__name__}: {exc}") from None
     return model, built["context"], result
+
+
+def _worker_dead(name: str) -> ApiError:
+    return ApiError(503, "worker_dead", f"the {name} model's worker has stopped; the service needs a restart "
+                                        f"(its liveness probe fails)")
 
 
 def fitness_arrays(model: LoadedModel, result: dict, heads: HeadChoice, tasks: list[str], assays: list):

@@ -31,6 +31,10 @@ class ReloadError(RuntimeError):
     """A reload that was refused; the models being served are unchanged."""
 
 
+class PathRefused(ReloadError):
+    """A reload path outside the bundle roots (nothing was read)."""
+
+
 @dataclass
 class LoadedModel:
     name: str                         # the model name in the API: the bundle's kind
@@ -75,6 +79,10 @@ class Registry:
     def get(self, name: str) -> LoadedModel | None:
         return self.models.get(name)
 
+    def dead(self) -> list[str]:
+        """Models whose batcher worker has died (the liveness probe fails while any has)."""
+        return sorted(n for n, m in self.models.items() if not m.batcher.alive)
+
     def submit(self, name: str, make_job) -> tuple[LoadedModel, Job]:
         """Queue a job on the current model of `name`; retries on the new model when a reload retired the
         batcher in between (so no request ever fails because of a reload)."""
@@ -87,7 +95,28 @@ class Registry:
                 model.batcher.submit(job)
                 return model, job
             except BatcherClosed:
+                if self.models.get(name) is model:    # closed and not replaced: the service is shutting down
+                    raise
                 continue
+
+    def roots(self) -> list[Path]:
+        """Folders a reload path must resolve inside: FEDTUNE_BUNDLE_ROOTS, else the parent folders of the
+        bundles served at startup (of the path given and, when it is a symlink, of the folder it points to)."""
+        if self.settings.bundle_roots:
+            return [Path(r).resolve() for r in self.settings.bundle_roots]
+        given = [Path(p).absolute() for p in self.settings.bundles]
+        return sorted({p.parent.resolve() for p in given} | {p.resolve().parent for p in given})
+
+    def check_roots(self, paths: list[str]) -> None:
+        roots = self.roots()
+        for p in paths:
+            try:
+                resolved = Path(p).resolve()
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise PathRefused(f"reload path {p!r} refused: {exc}") from None
+            if not any(resolved.is_relative_to(r) for r in roots):
+                raise PathRefused(f"reload path {p!r} is outside the bundle roots {[str(r) for r in roots]} "
+                                  f"(FEDTUNE_BUNDLE_ROOTS)")
 
     # ---- loading (worker threads only) ---------------------------------------------------------------
     def _load_one(self, path: Path) -> LoadedModel:
@@ -99,7 +128,7 @@ class Registry:
             warm_up(bundle)
         s = self.settings
         batcher = MicroBatcher(bundle.kind, bundle, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms,
-                               max_batch_tokens=s.max_batch_tokens, metrics=self.metrics)
+                               max_batch_tokens=s.max_batch_tokens, max_queue=s.max_queue, metrics=self.metrics)
         return LoadedModel(bundle.kind, Path(path), bundle, batcher, load_seconds=time.perf_counter() - start)
 
     def load(self, paths: list[str | Path] | None = None) -> dict:

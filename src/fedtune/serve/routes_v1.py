@@ -1,13 +1,11 @@
-"""/v1: fitness and sentiment predictions, model cards, admin reload."""
+"""/v1: fitness and sentiment predictions, model cards (the admin routes are in routes_admin)."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import time
 
 import numpy as np
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Depends, Request
 
 from ..data.fpb import SENTIMENT_LABELS
 from .batcher import Job
@@ -15,9 +13,9 @@ from .deps import require_key
 from .errors import ApiError
 from .predict import (check_count, fitness_arrays, model_or_404, resolve_assays, resolve_heads, resolve_tasks,
                       run, validate_chains, validate_texts)
-from .registry import LoadedModel, ReloadError
+from .registry import LoadedModel
 from .schemas import (AssayValue, ErrorResponse, FitnessPrediction, FitnessRequest, FitnessResponse, ModelCard,
-                      ModelsResponse, ReloadRequest, ReloadResponse, SentimentPrediction, SentimentRequest,
+                      ModelsResponse, SentimentPrediction, SentimentRequest,
                       SentimentResponse)
 
 ERRORS = {401: {"model": ErrorResponse, "description": "API key missing or wrong"},
@@ -95,19 +93,3 @@ def model_card(m: LoadedModel) -> ModelCard:
 @router.get("/models", response_model=ModelsResponse, tags=["v1"], summary="The bundles being served")
 async def list_models(request: Request) -> ModelsResponse:
     return ModelsResponse(models=[model_card(m) for m in request.app.state.registry.models.values()])
-
-
-@router.post("/admin/reload", response_model=ReloadResponse, tags=["admin"], summary="Hot-reload bundles",
-             responses={422: {"model": ErrorResponse, "description": "reload refused; the old models keep serving"}})
-async def reload(request: Request, body: ReloadRequest | None = Body(None)) -> ReloadResponse:
-    """Load the given bundles (or re-read the folders being served) fully, verify digests, warm up, then swap
-    atomically. On any failure the old models keep serving and the error says why. SIGHUP does the same."""
-    registry = request.app.state.registry
-    start = time.perf_counter()
-    try:
-        models = await asyncio.to_thread(registry.load, body.bundles if body else None)
-    except ReloadError as exc:
-        serving = {n: m.bundle.digest for n, m in registry.models.items()}
-        raise ApiError(422, "reload_failed", f"reload refused, still serving the previous models: {exc}",
-                       {"serving": serving}) from None
-    return ReloadResponse(ok=True, models=models, seconds=round(time.perf_counter() - start, 3))
