@@ -12,7 +12,7 @@ from fedtune.fl.federation import fedtune_command
 from fedtune.fl.job import build_job, check_name
 from fedtune.fl.submit import is_job_result
 
-UNSAFE = ["../victim", "/tmp", "..", ".", ".hidden", "a/b", "a\\b", "", "x" * 101, "name\n", "-rf"]
+UNSAFE = ["../../victim", "/tmp", "..", ".", ".hidden", "a/b", "a\\b", "", "x" * 101, "name\n", "-rf"]
 
 
 @pytest.mark.parametrize("name", UNSAFE)
@@ -21,10 +21,11 @@ def test_unsafe_job_name_is_refused_before_the_disk_is_touched(tmp_path, make_jo
     victim.mkdir()
     (victim / "precious.txt").write_text("mine")
     out = tmp_path / "out" / "jobs"
+    out.mkdir(parents=True)                  # an earlier run made it: `../../victim` resolves to the victim
     with pytest.raises(ValueError, match="not a safe name"):
         build_job(make_job("fitness", tiny_antibody_trunk, name=name), out)
-    assert (victim / "precious.txt").read_text() == "mine"
-    assert not (tmp_path / "out").exists()
+    assert [p.name for p in victim.iterdir()] == ["precious.txt"]
+    assert (victim / "precious.txt").read_text() == "mine" and not any(out.iterdir())
 
 
 @pytest.mark.parametrize("job_id", ["../../etc", "/", "a/../../b", "..", None, 7])
