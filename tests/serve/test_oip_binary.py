@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from serve_helpers import antibodies, texts
 
+from fedtune.serve.errors import ApiError
 from fedtune.serve.oip_binary import decode_bytes, encode_tensor
 
 tc_utils = pytest.importorskip("tritonclient.utils", reason="pip install -e '.[dev]' (tritonclient[http])")
@@ -60,6 +61,14 @@ def test_bytes_codec_matches_tritonclient():
     assert ours == tc_utils.serialize_byte_tensor(np.array(values, dtype=object)).item()
     assert decode_bytes(ours, "t") == values
     assert encode_tensor("FP32", [0.5, -2.0]) == np.array([0.5, -2.0], dtype="<f4").tobytes()
+
+
+def test_bytes_decoding_stops_at_the_element_limit():
+    """The decoder gives up at the first element past the limit, not after looping over the whole body."""
+    with pytest.raises(ApiError) as exc:
+        decode_bytes(b"\0\0\0\0" * 17 + b"\xff", "t", max_elements=16)     # the 17th element is refused...
+    assert exc.value.status == 413                                         # ...before the truncated tail (a 400)
+    assert decode_bytes(b"\0\0\0\0" * 16, "t", max_elements=16) == [""] * 16
 
 
 def test_binary_request_answers_like_json(client):
@@ -145,11 +154,14 @@ CASES = {
     "empty-tensors": lambda: _body([_tensor("heavy", b"", shape=(0,)), _tensor("light", b"", shape=(0,))]),
     "too-many-items": lambda: _body([_tensor("heavy", _ser(HEAVY * 9), shape=(18,)),     # max_items is 16
                                      _tensor("light", _ser(LIGHT * 9), shape=(18,))]),
+    "many-empty-elements": lambda: _heavy(*_tensor("heavy", b"\0\0\0\0" * 15_000, shape=(15_000,))),
+    "many-fp32-elements": lambda: _heavy(*_tensor("heavy", np.zeros(100, "<f4").tobytes(), (100,), "FP32")),
     "lone-surrogate-id": lambda: (LONE + _ser(["Sales up"]), len(LONE)),
     "deep-nesting": lambda: (b"[" * 30_000 + b"]" * 30_000, None),
     "not-utf8-json": lambda: (b"\xff\xfe{}", None),
 }
 STATUS = {"header-length-cuts-json": 422, "deep-nesting": 422, "not-utf8-json": 422, "too-many-items": 413,
+          "many-empty-elements": 413, "many-fp32-elements": 413,
           "empty-tensors": None, "lone-surrogate-id": None}      # None: any 4xx; the rest: 400, malformed tensors
 
 

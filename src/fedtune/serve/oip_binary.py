@@ -34,6 +34,10 @@ def _bad(code: str, message: str, status: int = 400) -> ApiError:
     return ApiError(status, code, message)
 
 
+def _too_many(name: str, limit: int) -> ApiError:
+    return _bad("too_many_items", f"input {name!r} holds more than the limit of {limit} elements", 413)
+
+
 def decompress(raw: bytes, encoding: str | None, limit: int) -> bytes:
     """The body as sent before `Content-Encoding` (gzip, deflate), at most `limit` bytes once inflated."""
     encoding = (encoding or "identity").strip().lower()
@@ -72,10 +76,13 @@ def parse_json(raw: bytes):
     return obj
 
 
-def decode_bytes(buf: bytes, name: str) -> list[str]:
-    """A serialized BYTES tensor -> its elements as text (the models read sequences and sentences)."""
+def decode_bytes(buf: bytes, name: str, max_elements: int | None = None) -> list[str]:
+    """A serialized BYTES tensor -> its elements as text (the models read sequences and sentences); 413 past
+    `max_elements` (decoding is a Python loop: a megabyte of empty elements must not hold the server)."""
     out, pos = [], 0
     while pos < len(buf):
+        if max_elements is not None and len(out) >= max_elements:
+            raise _too_many(name, max_elements)
         if pos + 4 > len(buf):
             raise _bad("bad_binary", f"input {name!r}: BYTES element {len(out)} has a truncated length prefix")
         (size,) = _LEN.unpack_from(buf, pos)
@@ -91,9 +98,9 @@ def decode_bytes(buf: bytes, name: str) -> list[str]:
     return out
 
 
-def _decode_tensor(buf: bytes, datatype, name: str) -> list:
+def _decode_tensor(buf: bytes, datatype, name: str, max_elements: int | None) -> list:
     if datatype == "BYTES":
-        return decode_bytes(buf, name)
+        return decode_bytes(buf, name, max_elements)
     if datatype not in FIXED:
         raise _bad("bad_datatype", f"input {name!r}: binary data of datatype {str(datatype)[:40]!r} is not "
                                    f"supported")
@@ -101,10 +108,12 @@ def _decode_tensor(buf: bytes, datatype, name: str) -> list:
     if len(buf) % dtype.itemsize:
         raise _bad("bad_binary", f"input {name!r}: {len(buf)} bytes is not a whole number of {datatype} "
                                  f"elements")
+    if max_elements is not None and len(buf) // dtype.itemsize > max_elements:
+        raise _too_many(name, max_elements)
     return np.frombuffer(buf, dtype).tolist()
 
 
-def _attach_binary(header, tail: bytes) -> None:
+def _attach_binary(header, tail: bytes, max_elements: int | None) -> None:
     """Replace each binary input's `parameters.binary_data_size` by its decoded `data`; the sizes must add up
     to exactly the bytes after the header."""
     inputs = header.get("inputs") if isinstance(header, dict) else None
@@ -126,21 +135,21 @@ def _attach_binary(header, tail: bytes) -> None:
         if pos + size > len(tail):
             raise _bad("bad_binary", f"input {name!r} declares {size} bytes of binary data but only "
                                      f"{len(tail) - pos} follow the header (truncated body?)")
-        tensor["data"] = _decode_tensor(tail[pos:pos + size], tensor.get("datatype"), name)
+        tensor["data"] = _decode_tensor(tail[pos:pos + size], tensor.get("datatype"), name, max_elements)
         pos += size
     if pos != len(tail):
         raise _bad("bad_binary", f"{len(tail)} bytes follow the JSON header but the inputs' binary_data_size "
                                  f"add up to {pos}")
 
 
-def decode_request(raw: bytes, headers: Mapping[str, str], limit: int):
+def decode_request(raw: bytes, headers: Mapping[str, str], limit: int, max_elements: int | None = None):
     """An infer request body (JSON, optionally followed by binary tensor data) -> the JSON request with every
-    binary input's data decoded into `data`. Anything that is not a JSON object is returned as parsed, for the
-    schema validation to refuse."""
+    binary input's data decoded into `data` (at most `max_elements` per tensor, else 413). Anything that is
+    not a JSON object is returned as parsed, for the schema validation to refuse."""
     raw = decompress(raw, headers.get("content-encoding"), limit)
     length = _header_length(headers.get(HEADER_LENGTH.lower()), len(raw))
     header = parse_json(raw if length is None else raw[:length])
-    _attach_binary(header, b"" if length is None else raw[length:])
+    _attach_binary(header, b"" if length is None else raw[length:], max_elements)
     return header
 
 

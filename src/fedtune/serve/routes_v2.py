@@ -60,7 +60,8 @@ class OipRoute(APIRoute):
             raw = await request.body()
             if not raw:
                 return await handler(request)
-            decoded = decode_request(raw, request.headers, request.app.state.settings.max_body_bytes)
+            settings = request.app.state.settings
+            decoded = decode_request(raw, request.headers, settings.max_body_bytes, settings.max_items)
             return await handler(_DecodedRequest(request, raw, decoded))
 
         return route
