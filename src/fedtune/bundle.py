@@ -10,7 +10,8 @@ A bundle is a folder that holds everything needed to serve a trained model and n
     heads/<site>.safetensors      a site's own heads (private heads published at the end of a job)
 
 Loading verifies every digest and every tensor shape against the manifest and refuses a corrupt or
-mismatched bundle with a BundleError that says which file and why. Saving writes a new version folder
+mismatched bundle with a BundleError that says which file and why; every file it reads is hashed from the
+very bytes it then uses, and only files the manifest lists (plain paths inside the bundle) are read. Saving writes a new version folder
 (`.<name>.versions/<UTC time>-<random>/`) and then atomically replaces the symlink `<name>` with one to it
 (fedtune.publish): the path always holds a whole bundle, a re-export gives `<name>/manifest.json` a new inode,
 and only an earlier bundle is ever replaced (anything else at the path is refused, untouched).
@@ -22,14 +23,18 @@ import copy
 import datetime as dt
 import hashlib
 import json
+import os
 import shutil
+import stat
+import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 from torch import nn
 
 from .data.flab import Assay
@@ -225,16 +230,12 @@ class Bundle:
         return torch.stack(probs).mean(0).cpu().numpy()
 
 
-def read_manifest(path: str | Path) -> dict:
-    path = Path(path)
-    mpath = path / MANIFEST
-    if not mpath.is_file():
-        raise BundleError(f"{path}: not a bundle (no {MANIFEST})")
+def _parse_manifest(raw: bytes, mpath: Path) -> dict:
     try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, ValueError) as exc:
+        manifest = json.loads(raw)
+    except ValueError as exc:
         raise BundleError(f"{mpath}: unreadable manifest: {exc}") from None
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{mpath}: not a {FORMAT} manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{mpath}: format version {manifest.get('format_version')} is not supported "
@@ -242,33 +243,104 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
-def verify_files(path: Path, manifest: dict) -> None:
-    files = manifest.get("files") or {}
-    if not files:
-        raise BundleError(f"{path}: manifest lists no files")
-    for rel, digest in files.items():
-        f = path / rel
-        if not f.is_file():
-            raise BundleError(f"{path}: missing file {rel}")
-        actual = sha256_file(f)
-        if actual != digest:
-            raise BundleError(f"{path}: {rel} is corrupt: sha256 {actual[:16]}... does not match the manifest's "
-                              f"{digest[:16]}...")
-
-
-def _load_tensors(path: Path, rel: str, manifest: dict) -> dict[str, torch.Tensor]:
+def _read_manifest_bytes(path: Path) -> bytes:
     try:
-        state = load_file(str(path / rel))
-    except (SafetensorError, OSError) as exc:
-        raise BundleError(f"{path}: {rel}: unreadable weights: {exc}") from None
-    expected = manifest["tensors"].get(rel)
-    if expected is None:
-        raise BundleError(f"{path}: {rel} has no tensor list in the manifest")
-    if _tensor_spec(state) != expected:
-        missing = set(expected) ^ set(state)
-        detail = f"keys differ: {sorted(missing)[:5]}" if missing else "shapes or dtypes differ"
-        raise BundleError(f"{path}: {rel} does not match the manifest ({detail})")
-    return state
+        return (path / MANIFEST).read_bytes()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise BundleError(f"{path}: not a bundle (no {MANIFEST})") from None
+    except OSError as exc:
+        raise BundleError(f"{path / MANIFEST}: unreadable manifest: {exc}") from None
+
+
+def read_manifest(path: str | Path) -> dict:
+    path = Path(path)
+    return _parse_manifest(_read_manifest_bytes(path), path / MANIFEST)
+
+
+class _Files:
+    """The files of one bundle folder as its manifest lists them. Every name the manifest uses must be a plain
+    relative path inside the bundle that the digest map lists; each file is read once, hashed, and used from
+    those same bytes (no second read a swap on disk could slip into)."""
+
+    def __init__(self, root: Path, manifest: dict):
+        self.root = root
+        files = manifest.get("files")
+        if not isinstance(files, dict) or not files:
+            raise BundleError(f"{root}: manifest lists no files")
+        for rel, digest in files.items():
+            self._check_name(rel)
+            if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+                raise BundleError(f"{root}: {rel}: the manifest's digest is not a sha256 hex string")
+        self.digests: dict[str, str] = files
+        self.unread = set(files)
+
+    def _check_name(self, rel) -> str:
+        if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel:
+            raise BundleError(f"{self.root}: the manifest names an invalid file {rel!r}")
+        pure = PurePosixPath(rel)
+        if pure.is_absolute() or ".." in pure.parts or str(pure) != rel or rel == MANIFEST:
+            raise BundleError(f"{self.root}: the manifest names {rel!r}, which is not a plain path inside the bundle")
+        return rel
+
+    def named(self, rel) -> str:
+        """A file the manifest names outside its digest map: must be in the map too."""
+        self._check_name(rel)
+        if rel not in self.digests:
+            raise BundleError(f"{self.root}: the manifest names {rel!r}, which its digest map does not list")
+        return rel
+
+    def read(self, rel: str) -> bytes:
+        f = self.root / self.named(rel)
+        try:
+            if f.resolve(strict=True) != f:      # no link (of the file or a folder on its way) out of the bundle
+                raise BundleError(f"{self.root}: {rel} is a symbolic link; a bundle holds plain files only")
+            fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)    # a FIFO must not block the load
+            with os.fdopen(fd, "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    raise BundleError(f"{self.root}: {rel} is not a regular file")
+                data = fh.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise BundleError(f"{self.root}: missing file {rel}") from None
+        except (OSError, RuntimeError) as exc:
+            raise BundleError(f"{self.root}: {rel}: unreadable: {exc}") from None
+        actual, expected = hashlib.sha256(data).hexdigest(), self.digests[rel]
+        if actual != expected:
+            raise BundleError(f"{self.root}: {rel} is corrupt: sha256 {actual[:16]}... does not match the "
+                              f"manifest's {expected[:16]}...")
+        self.unread.discard(rel)
+        return data
+
+    def read_rest(self) -> None:
+        for rel in sorted(self.unread):
+            self.read(rel)
+
+    def tensors(self, rel: str, manifest: dict) -> dict[str, torch.Tensor]:
+        expected = manifest["tensors"].get(self.named(rel))
+        if expected is None:
+            raise BundleError(f"{self.root}: {rel} has no tensor list in the manifest")
+        try:
+            state = load_safetensors(self.read(rel))
+        except SafetensorError as exc:
+            raise BundleError(f"{self.root}: {rel}: unreadable weights: {exc}") from None
+        if _tensor_spec(state) != expected:
+            missing = set(expected) ^ set(state)
+            detail = f"keys differ: {sorted(missing)[:5]}" if missing else "shapes or dtypes differ"
+            raise BundleError(f"{self.root}: {rel} does not match the manifest ({detail})")
+        return state
+
+    def trunk_folder(self, manifest: dict, out: Path) -> Path:
+        """The trunk's config and tokenizer files (verified bytes) written to `out`: Hugging Face loads them
+        from there, so it sees exactly the listed files, never anything else lying in the bundle."""
+        listed = [self.named(rel) for rel in manifest["trunk"]["files"]]
+        for rel in listed:
+            if not rel.startswith("trunk/"):
+                raise BundleError(f"{self.root}: trunk file {rel!r} is not under trunk/")
+            if rel.endswith(".safetensors"):
+                continue                         # weights: loaded from their bytes, not from a folder
+            target = out / rel.removeprefix("trunk/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.read(rel))
+        return out
 
 
 def _load_into(module: nn.Module, state: dict, path: Path, rel: str) -> None:
@@ -280,19 +352,28 @@ def _load_into(module: nn.Module, state: dict, path: Path, rel: str) -> None:
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
-    """Load and fully verify a bundle. Raises BundleError on anything missing, corrupt or mismatched."""
-    path = Path(path)
-    manifest = read_manifest(path)
-    verify_files(path, manifest)
+    """Load and fully verify a bundle. Raises BundleError on anything missing, corrupt or mismatched.
+
+    A symlinked bundle (the published `<name>` -> a version folder) is resolved once, here: every file comes
+    from that one version folder, even if the link is replaced meanwhile; `Bundle.path` is that folder."""
+    try:
+        root = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise BundleError(f"{path}: not a bundle (no such folder)") from None
+    raw = _read_manifest_bytes(root)
+    manifest = _parse_manifest(raw, root / MANIFEST)
+    files = _Files(root, manifest)
     try:
         kind = manifest["kind"]
-        cfg = TrunkConfig.from_dict({**manifest["trunk"]["config"], "source": str(path / "trunk")})
-        trunk = load_trunk(cfg, weights=False)
-        _load_into(trunk.encoder, _load_tensors(path, "trunk/model.safetensors", manifest), path,
+        with tempfile.TemporaryDirectory(prefix="fedtune-trunk-") as tmp:
+            cfg = TrunkConfig.from_dict({**manifest["trunk"]["config"],
+                                         "source": str(files.trunk_folder(manifest, Path(tmp)))})
+            trunk = load_trunk(cfg, weights=False)
+        _load_into(trunk.encoder, files.tensors("trunk/model.safetensors", manifest), root,
                    "trunk/model.safetensors")
         if manifest["trunk"].get("virtual_tokens"):
             trunk.prompt = FixedPrompt(torch.zeros(manifest["trunk"]["virtual_tokens"], trunk.hidden_size))
-            _load_into(trunk.prompt, _load_tensors(path, "trunk/prompt.safetensors", manifest), path,
+            _load_into(trunk.prompt, files.tensors("trunk/prompt.safetensors", manifest), root,
                        "trunk/prompt.safetensors")
         hidden = tuple(manifest["heads"]["hidden"])
         if kind == "fitness":
@@ -300,22 +381,25 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         elif kind == "sentiment":
             model = SentimentModel(trunk, hidden)
         else:
-            raise BundleError(f"{path}: unknown kind {kind!r}")
+            raise BundleError(f"{root}: unknown kind {kind!r}")
         head_sets = {}
         for name, spec in manifest["heads"]["sets"].items():
             heads = model.new_heads()
-            _load_into(heads, _load_tensors(path, spec["file"], manifest), path, spec["file"])
+            _load_into(heads, files.tensors(spec["file"], manifest), root, spec["file"])
             head_sets[name] = heads
         if not head_sets:
-            raise BundleError(f"{path}: the bundle holds no heads")
+            raise BundleError(f"{root}: the bundle holds no heads")
+        for rel in manifest["tensors"]:
+            files.named(rel)
+        files.read_rest()                        # every listed file is verified, used or not
         stats = {name: AssayStats.from_dict(d) for name, d in manifest.get("target_stats", {}).items()}
         if kind == "fitness" and set(stats) != set(head_sets):
-            raise BundleError(f"{path}: target statistics missing for head sets "
+            raise BundleError(f"{root}: target statistics missing for head sets "
                               f"{sorted(set(head_sets) - set(stats))}")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{path}: manifest does not describe a usable model: {exc!r}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, OSError) as exc:
+        raise BundleError(f"{root}: manifest does not describe a usable model: {exc!r}") from None
     model.heads = head_sets.get(GLOBAL, next(iter(head_sets.values())))
     model.to(device).eval()
     for heads in head_sets.values():
         heads.to(device).eval()
-    return Bundle(path, manifest, model, head_sets, stats, sha256_file(path / MANIFEST))
+    return Bundle(root, manifest, model, head_sets, stats, hashlib.sha256(raw).hexdigest())

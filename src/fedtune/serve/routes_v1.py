@@ -78,6 +78,19 @@ async def predict_sentiment(request: Request, body: SentimentRequest) -> Sentime
                              head_sets=heads.names, predictions=preds)
 
 
+PRIVATE_PROVENANCE = frozenset({"data_digests"})    # per-site data hashes: would confirm a guessed dataset
+
+
+def served_provenance(value):
+    """The bundle's provenance without the keys that must not leave the service (at any depth: older bundles
+    wrote them)."""
+    if isinstance(value, dict):
+        return {k: served_provenance(v) for k, v in value.items() if k not in PRIVATE_PROVENANCE}
+    if isinstance(value, list):
+        return [served_provenance(v) for v in value]
+    return value
+
+
 def model_card(m: LoadedModel) -> ModelCard:
     man = m.bundle.manifest
     trunk = {k: v for k, v in man.get("trunk", {}).items() if k != "files"}
@@ -85,7 +98,8 @@ def model_card(m: LoadedModel) -> ModelCard:
         name=m.name, kind=m.bundle.kind, version=m.version, digest=m.bundle.digest, path=str(m.path), trunk=trunk,
         tasks=man.get("tasks"), assays=man.get("assays"), labels=man.get("labels"), sites=m.bundle.sites,
         head_sets=list(m.bundle.head_sets), heads_mode=man.get("heads", {}).get("mode"),
-        metrics=man.get("metrics") or {}, provenance=man.get("provenance") or {}, created=man.get("created"),
+        metrics=man.get("metrics") or {}, provenance=served_provenance(man.get("provenance") or {}),
+        created=man.get("created"),
         loaded_at=dt.datetime.fromtimestamp(m.loaded_at, dt.timezone.utc).isoformat(timespec="seconds"),
         load_seconds=round(m.load_seconds, 3))
 
