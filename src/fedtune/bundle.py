@@ -11,8 +11,9 @@ A bundle is a folder that holds everything needed to serve a trained model and n
 
 Loading verifies every digest and every tensor shape against the manifest and refuses a corrupt or
 mismatched bundle with a BundleError that says which file and why; every file it reads is hashed from the
-very bytes it then uses, and only files the manifest lists (plain paths inside the bundle) are read. Saving writes a new version folder
-(`.<name>.versions/<UTC time>-<random>/`) and then atomically replaces the symlink `<name>` with one to it
+very bytes it then uses, and only files the manifest lists (plain paths inside the bundle) are read.
+Saving writes a new version folder (`.<name>.versions/<UTC time>-<random>/`) and then atomically replaces
+the symlink `<name>` with one to it
 (fedtune.publish): the path always holds a whole bundle, a re-export gives `<name>/manifest.json` a new inode,
 and only an earlier bundle is ever replaced (anything else at the path is refused, untouched).
 """
