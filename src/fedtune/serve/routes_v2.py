@@ -26,9 +26,10 @@ from .predict import (check_count, fitness_arrays, model_or_404, resolve_heads, 
 from .registry import LoadedModel
 from .schemas import ErrorResponse, InferRequest, InferResponse, ModelMetadata
 
-ERRORS = {400: {"model": ErrorResponse, "description": "malformed tensors"},
+ERRORS = {400: {"model": ErrorResponse, "description": "malformed tensors or binary tensor data"},
           404: {"model": ErrorResponse, "description": "unknown model, version, site, task or output"},
           413: {"model": ErrorResponse, "description": "too many items or body too large"},
+          415: {"model": ErrorResponse, "description": "unsupported Content-Encoding"},
           422: {"model": ErrorResponse, "description": "invalid sequence or text"}}
 INPUTS = {"fitness": ("heavy", "light"), "sentiment": ("text",)}
 
