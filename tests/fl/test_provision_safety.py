@@ -52,8 +52,12 @@ def test_kits_are_reused_and_force_keeps_the_root_ca_and_the_earlier_kits(tmp_pa
     first = provision(out, 2)
     ca_before = ca_state(out).read_bytes()
     old_kits = snapshot(first.server.parent)
-    assert provision(out, 3).server == first.server          # kits.json: reused unchanged
     ca_state(out).chmod(0o644)                                # as an older fedtune left it
+    ca_state(out).parent.chmod(0o755)
+    assert provision(out, 3).server == first.server          # kits.json: reused unchanged ...
+    assert stat.S_IMODE(ca_state(out).stat().st_mode) == 0o600 and snapshot(first.server.parent) == old_kits
+    assert stat.S_IMODE(ca_state(out).parent.stat().st_mode) == 0o700     # ... with its keys closed
+    ca_state(out).chmod(0o644)
     second = provision(out, 3, force=True)
     assert second.server.parent != first.server.parent and "site-3" in second.sites
     assert snapshot(first.server.parent) == old_kits           # earlier kits still there, untouched

@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,14 +114,20 @@ def earlier_provisioning(ws: Path) -> list[str]:
     return held or ([str(ws)] if any(ws.iterdir()) else [])
 
 
-def make_private(root: Path) -> None:
-    """Close group/other permissions on `root` and everything below it (symlinks are not followed)."""
+def make_private(root: Path) -> list[Path]:
+    """Close group/other permissions on `root` and everything below it (symlinks are not followed); returns
+    what could not be changed (not this user's)."""
+    stuck = []
     for path in [root, *root.rglob("*")]:
         if path.is_symlink():
             continue
         mode = path.stat().st_mode
         if mode & PRIVATE:
-            path.chmod(mode & ~PRIVATE & 0o7777)
+            try:
+                path.chmod(mode & ~PRIVATE & 0o7777)
+            except PermissionError:
+                stuck.append(path)
+    return stuck
 
 
 def back_up_ca(out: Path) -> Path | None:
@@ -147,6 +154,11 @@ def provision(out: str | Path, sites: int | list[str] = 3, server_name: str = "l
     holds an earlier provisioning but no `kits.json` is refused unless `force`: nothing is ever deleted."""
     out = Path(out).resolve()
     if not force and (out / "kits.json").exists():
+        if (out / "workspace").is_dir():    # an older fedtune left keys group/world-readable: close them
+            stuck = make_private(out / "workspace")
+            if stuck:
+                warnings.warn(f"{len(stuck)} file(s) in {out / 'workspace'} stay readable by others (owned by "
+                              f"another user), e.g. {stuck[0]}: chmod go-rwx them yourself")
         return Kits.load(out)
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; choose one of {SCHEMES}")
@@ -183,6 +195,9 @@ def provision(out: str | Path, sites: int | list[str] = 3, server_name: str = "l
     kits = Kits(out, prod / server_name, {s: prod / s for s in names}, prod / ADMIN, server_name, fl_port,
                 admin_port, scheme)
     keep_storage_in_kit(kits.server)
-    make_private(ws)
+    stuck = make_private(ws)
+    if stuck:
+        raise ProvisionError(f"{len(stuck)} file(s) in {ws} cannot be made private (owned by another user), "
+                             f"e.g. {stuck[0]}")
     (out / "kits.json").write_text(json.dumps(kits.to_dict(), indent=2))
     return kits
