@@ -3,7 +3,8 @@
 #  1. real NVFlare provisioning (root CA + a startup kit per participant) into $FEDTUNE_PKI, reused on later
 #     runs (`fedtune provision` keeps existing kits);
 #  2. each kit copied into its participant's own volume, mounted at $FEDTUNE_KITS/<name> (server, admin,
-#     site-1 ... site-N; a participant without a mounted folder is skipped);
+#     site-1 ... site-N; a participant without a mounted folder is skipped): only into an empty volume or
+#     over a kit this step copied (marker .fedtune-kit); any other content is kept and the step fails;
 #  3. each site's data volume mounted at $FEDTUNE_DATA_ROOT/site-K: an EMPTY one gets demo data (fitness +
 #     sentiment: synthetic, or real from FEDTUNE_FLAB_SOURCE / FEDTUNE_FPB_SOURCE) and the marker .fedtune-data;
 #     one with that marker is reused; any other (a site's real data) is never modified: it is kept, used as
@@ -28,23 +29,30 @@ copy_kit() {   # copy_kit <kit in the provisioning folder> <participant volume>
   local src=$1 dst=$2
   [ -d "$dst" ] || return 0
   if diff -rq "$src/startup" "$dst/startup" >/dev/null 2>&1; then
+    touch "$dst/.fedtune-kit"
     echo "kit $(basename "$src") in $dst: unchanged"   # a running participant keeps its files untouched
     return 0
   fi
-  rm -rf "$dst/startup" "$dst/local"
+  if [ ! -f "$dst/.fedtune-kit" ] && [ -n "$(find "$dst" -mindepth 1 -maxdepth 1 -print -quit)" ]; then
+    echo "provision: $dst holds a kit (or files) this step did not copy there: not replaced; empty the volume to get the kit from $src" >&2
+    return 2
+  fi
+  rm -rf "$dst/startup" "$dst/local"   # an earlier kit this step copied (marked .fedtune-kit)
   cp -a "$src/." "$dst/"
   rm -f "$dst/local/resources.json"   # holds provisioning-folder paths; the server writes its own at start
+  touch "$dst/.fedtune-kit"
   echo "kit $(basename "$src") -> $dst"
 }
 
 provision_kits() {
   fedtune provision --out "$pki" --sites "$sites" --server-name "$server" \
     --fl-port "${FEDTUNE_FL_PORT:-8002}" --admin-port "${FEDTUNE_ADMIN_PORT:-8003}" --host-name localhost
-  local prod i
+  local prod i bad=0
   prod=$(ls -d "$pki"/workspace/fedtune/prod_* | sort | tail -n1)
-  copy_kit "$prod/$server" "$kits/server"
-  copy_kit "$prod/admin@fedtune.local" "$kits/admin"
-  for i in $(seq 1 "$sites"); do copy_kit "$prod/site-$i" "$kits/site-$i"; done
+  copy_kit "$prod/$server" "$kits/server" || bad=1
+  copy_kit "$prod/admin@fedtune.local" "$kits/admin" || bad=1
+  for i in $(seq 1 "$sites"); do copy_kit "$prod/site-$i" "$kits/site-$i" || bad=1; done
+  [ "$bad" = 0 ] || exit 2
 }
 
 site_state() {   # site_state <folder>: absent | ours | partial | empty | foreign

@@ -13,11 +13,15 @@ from deploy_helpers import REPO
 SCRIPT = REPO / "services" / "base" / "provision.sh"
 
 
-def run_data_step(root: Path, sites: int = 3) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "FEDTUNE_PROVISION": "0",
-           "FEDTUNE_DATA_ROOT": str(root), "FEDTUNE_SITES": str(sites), "FEDTUNE_PROFILE": "tiny",
-           "FEDTUNE_SAMPLES": "60", "OMP_NUM_THREADS": "1", "TMPDIR": str(root.parent)}
+def run_script(root: Path, sites: int, **env) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "FEDTUNE_SITES": str(sites),
+           "FEDTUNE_PROFILE": "tiny", "FEDTUNE_SAMPLES": "60", "OMP_NUM_THREADS": "1", "TMPDIR": str(root.parent),
+           **env}
     return subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600)
+
+
+def run_data_step(root: Path, sites: int = 3) -> subprocess.CompletedProcess:
+    return run_script(root, sites, FEDTUNE_PROVISION="0", FEDTUNE_DATA_ROOT=str(root))
 
 
 def tree(root: Path) -> dict[str, bytes | None]:
@@ -67,3 +71,20 @@ def test_an_interrupted_demo_copy_is_redone(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (root / "site-1" / ".fedtune-data").is_file() and not (root / "site-1" / "half-written.csv").exists()
     assert not (root / "site-1" / ".fedtune-data.partial").exists()
+
+
+def test_kits_go_only_into_empty_or_earlier_kit_volumes(tmp_path):
+    kits = tmp_path / "kits"
+    for name in ("server", "admin", "site-1"):
+        (kits / name).mkdir(parents=True)
+    (kits / "site-1" / "their-kit.txt").write_text("an operator's own kit")
+    env = dict(FEDTUNE_PREPARE_DATA="0", FEDTUNE_PKI=str(tmp_path / "pki"), FEDTUNE_KITS=str(kits),
+               FEDTUNE_SERVER_NAME="fl-server")
+    proc = run_script(tmp_path / "pki", 1, **env)
+    assert proc.returncode != 0 and "not replaced" in proc.stderr, proc.stdout + proc.stderr
+    assert tree(kits / "site-1") == {"their-kit.txt": b"an operator's own kit"}
+    assert (kits / "server" / "startup" / "fed_server.json").is_file() and (kits / "server" / ".fedtune-kit").is_file()
+    (kits / "site-1" / "their-kit.txt").unlink()
+    proc = run_script(tmp_path / "pki", 1, **env)
+    assert proc.returncode == 0, proc.stderr
+    assert (kits / "site-1" / "startup" / "fed_client.json").is_file() and "unchanged" in proc.stdout
