@@ -32,6 +32,10 @@ def serve_cmd(
 ):
     """Serve bundles over HTTP: /v1 (JSON), /v2 (KServe Open Inference Protocol), /metrics (Prometheus).
     SIGHUP or POST /v1/admin/reload re-reads the bundles without dropping a request."""
+    import signal
+    early_sighup: list[int] = []
+    if hasattr(signal, "SIGHUP"):              # first thing: a SIGHUP while importing or loading is not fatal
+        signal.signal(signal.SIGHUP, lambda signum, frame: early_sighup.append(signum))
     from pydantic import ValidationError
 
     from fedtune.bundle import BundleError
@@ -51,8 +55,18 @@ def serve_cmd(
     if not settings.bundles:
         typer.secho("error: no bundle given (--bundle DIR or FEDTUNE_BUNDLES)", fg="red", err=True)
         raise typer.Exit(2)
+    from fedtune.serve.app import defer_sighup
     from fedtune.serve.metrics import ServeMetrics
     registry = Registry(settings, ServeMetrics())
+    defer_sighup(registry)                    # a SIGHUP while loading reloads once serving; never kills the process
+    if early_sighup:
+        registry.sighup_pending = True
+    if settings.key() is None:
+        typer.secho("warning: no FEDTUNE_API_KEY: /v1 and /v2 inference are open to anyone who reaches the port",
+                    fg="yellow", err=True)
+    if settings.admin() is None:
+        typer.echo("admin routes disabled (no FEDTUNE_ADMIN_KEY); SIGHUP reloads the bundles", err=True)
+    typer.echo(f"loading {', '.join(settings.bundles)}")
     try:
         registry.load(settings.bundles)       # fail fast, with the reason, before binding the port
     except (ReloadError, BundleError) as exc:

@@ -26,10 +26,22 @@ DESCRIPTION = """Predictions from fedtune export bundles (antibody fitness, fina
 
 Requests from concurrent clients are micro-batched: one trunk pass per item, fanned out to every requested
 head set and task. Errors are JSON `{"error", "code", "details"}`. When the service has an API key, send it as
-`Authorization: Bearer <key>` or `X-API-Key: <key>` (health and metrics stay open)."""
+`Authorization: Bearer <key>` or `X-API-Key: <key>` (health and metrics stay open). `/v1/admin/*` takes the
+separate admin key the same way, and is refused (403) when the service has none."""
+
+
+def defer_sighup(registry: Registry) -> None:
+    """Before the first load (the CLI loads before the app exists): a SIGHUP is remembered, not fatal; the app
+    reloads once it serves. Main thread only."""
+    def remember(signum, frame):
+        registry.sighup_pending = True
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, remember)
 
 
 def _install_sighup(app: FastAPI, registry: Registry) -> bool:
+    """SIGHUP reloads the bundles being served; one that arrives before they are loaded is deferred until
+    they are."""
     loop = asyncio.get_running_loop()
 
     async def reload():
@@ -40,10 +52,15 @@ def _install_sighup(app: FastAPI, registry: Registry) -> bool:
             log.error("SIGHUP reload refused, still serving the previous models: %s", exc)
 
     def on_sighup():
+        if not app.state.loaded:
+            registry.sighup_pending = True
+            log.info("SIGHUP during the initial load: reloading once it is done")
+            return
         task = loop.create_task(reload())
         app.state.reload_tasks.add(task)
         task.add_done_callback(app.state.reload_tasks.discard)
 
+    app.state.on_sighup = on_sighup
     try:
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
         return True
@@ -62,11 +79,15 @@ def create_app(settings: ServeSettings | None = None, registry: Registry | None 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        app.state.sighup = _install_sighup(app, registry)      # first: a SIGHUP while loading must not kill us
         if not registry.models:
             await asyncio.to_thread(registry.load, settings.bundles)
         else:
             metrics.set_models(registry.models)
-        app.state.sighup = _install_sighup(app, registry)
+        app.state.loaded = True
+        if registry.sighup_pending:
+            registry.sighup_pending = False
+            app.state.on_sighup()
         try:
             yield
         finally:
@@ -78,7 +99,7 @@ def create_app(settings: ServeSettings | None = None, registry: Registry | None 
     app = FastAPI(title="fedtune inference", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings, app.state.registry, app.state.metrics = settings, registry, metrics
     app.state.reload_tasks = set()
-    app.state.sighup = False
+    app.state.sighup = app.state.loaded = False
     install_handlers(app)
     app.include_router(v1_router)
     app.include_router(v2_router)

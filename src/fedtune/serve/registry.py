@@ -73,6 +73,7 @@ class Registry:
         self.models: dict[str, LoadedModel] = {}
         self.paths: list[Path] = []
         self.last_reload: dict | None = None
+        self.sighup_pending = False       # a SIGHUP that came before the first load finished
         self._lock = threading.Lock()     # one load at a time
 
     # ---- lookups (event loop) ------------------------------------------------------------------------
