@@ -4,6 +4,8 @@ come from the plain JSON route (itself checked against Bundle.predict_* in test_
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 from serve_helpers import antibodies, settings, texts
@@ -11,6 +13,7 @@ from serve_helpers import antibodies, settings, texts
 from fedtune.serve.server import BackgroundServer
 
 httpclient = pytest.importorskip("tritonclient.http", reason="pip install -e '.[dev]' (tritonclient[http])")
+from tritonclient.http.aio import InferenceServerClient as AioClient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 ATOL = 1e-6
@@ -110,6 +113,24 @@ def test_site_version_column_shape_and_mixed_outputs(triton, client):
     for task in (first, second):
         np.testing.assert_allclose(result.as_numpy(task), expected[task]["data"], atol=ATOL)
     assert result.get_response()["parameters"]["head_sets"] == ["site-2"]
+
+
+def test_asyncio_client(server, client):
+    """tritonclient.http.aio (aiohttp underneath) at its default settings."""
+    abs_ = antibodies(2, seed=11)
+    expected = _fitness_reference(client, abs_)
+
+    async def infer():
+        c = AioClient(server.url.removeprefix("http://"))
+        try:
+            assert await c.is_model_ready("fitness")
+            return await c.infer("fitness", _fitness_inputs(abs_, True))
+        finally:
+            await c.close()
+
+    result = asyncio.run(infer())
+    for task, ref in expected.items():
+        np.testing.assert_allclose(result.as_numpy(task), ref["data"], atol=ATOL)
 
 
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
