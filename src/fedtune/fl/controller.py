@@ -44,7 +44,7 @@ from ..models import build_model, travelling_keys
 from .aggregate import (Aggregator, Rejected, as_tensor, check_counts, check_moments, check_train_result,
                         check_update)
 from .config import PUBLISHED, JobConfig
-from .resume import INIT_FILE
+from .resume import INIT_FILE, fit_init_state
 
 
 def _wire(params: dict) -> dict:
@@ -129,21 +129,13 @@ class FedtuneController(ModelController):
         return good, bad
 
     # ---- state on disk ---------------------------------------------------------------------------------
-    def _init_state(self, state: dict, keys: list[str]) -> dict | None:
-        """The weights shipped with the job (--init-from), loaded into `state`; None when there are none."""
+    def _init_state(self, state: dict, keys: list[str]) -> bool:
+        """Load the weights shipped with the job (--init-from) into `state`; False when there are none."""
         path = Path(self.engine.get_workspace().get_app_dir(self.fl_ctx.get_job_id())) / "config" / INIT_FILE
         if not path.exists():
-            return None
-        init = load_file(str(path))
-        unknown = sorted(set(init) - set(state))
-        wrong = sorted(k for k in set(init) & set(state) if init[k].shape != state[k].shape)
-        absent = sorted(k for k in keys if k not in init and not k.startswith("heads."))
-        if unknown or wrong or absent:
-            raise RuntimeError(f"the initial weights do not fit this job's model: unknown keys {unknown[:3]}, "
-                               f"other shapes {wrong[:3]}, missing {absent[:3]}")
-        for k, v in init.items():
-            state[k] = v.to(state[k].dtype)
-        return init
+            return False
+        state.update(fit_init_state(load_file(str(path)), state, keys))
+        return True
 
     def _checkpoint(self, state: dict, global_params: dict, rnd: int, summary: dict) -> None:
         out = self._out_dir() / "checkpoints"
@@ -242,7 +234,7 @@ class FedtuneController(ModelController):
         summary = {"job": job.to_dict(), "status": "running", "last_round": 0, "rounds": [], "missing": {},
                    "rejected": {}, "sites": {}, "bytes_per_round": 0}
         try:
-            if self._init_state(state, keys) is not None:
+            if self._init_state(state, keys):
                 summary["init_from"] = job.init_from or "weights shipped with the job"
             global_params = {k: state[k] for k in keys}
             self._progress({"event": "start", "rounds": job.rounds, "travelling_tensors": len(keys),

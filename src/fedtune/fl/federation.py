@@ -45,13 +45,16 @@ def print_event(ev: dict) -> None:
         sites = ", ".join(f"{s}: " + " ".join(f"{k}={v:.3f}" for k, v in m.items() if isinstance(v, float))
                           for s, m in sorted(ev.get("sites", {}).items()))
         missing = f"  (no answer: {', '.join(ev['missing'])})" if ev.get("missing") else ""
-        print(f"  round {ev['round']} done in {ev['seconds']:.1f} s: {sites}{missing}", flush=True)
+        rejected = "".join(f"  (dropped {s}: {why})" for s, why in sorted(ev.get("rejected", {}).items()))
+        print(f"  round {ev['round']} done in {ev['seconds']:.1f} s: {sites}{missing}{rejected}", flush=True)
     elif kind == "stats":
         print(f"  pooled assay statistics from {', '.join(ev['sites'])}", flush=True)
     elif kind == "sites":
         print(f"  {len(ev['sites'])} site(s) registered: {', '.join(ev['sites'])}", flush=True)
     elif kind == "start":
         print(f"  job started: {ev['rounds']} rounds, {ev['bytes_down'] / 1e6:.2f} MB of parameters travel", flush=True)
+    elif kind == "failed":
+        print(f"  job failed after round {ev.get('last_round')}: {ev.get('error')}", flush=True)
     elif kind == "done":
         print(f"  job done; final metrics from {', '.join(ev['sites'])}", flush=True)
 

@@ -49,6 +49,22 @@ def load_init_state(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     return state, f"job result {path} (job {job.name}, {done} of {job.rounds} rounds)"
 
 
+def fit_init_state(init: dict[str, torch.Tensor], state: dict[str, torch.Tensor], keys: list[str]) -> dict:
+    """`init` cast to `state`'s dtypes, or ValueError when it does not fit the job's model: a key the model
+    lacks, another shape, a non-finite value, or a travelling trunk tensor it does not provide (heads may be
+    absent, e.g. from a private-heads bundle: those start fresh)."""
+    unknown = sorted(set(init) - set(state))
+    wrong = sorted(k for k in set(init) & set(state) if tuple(init[k].shape) != tuple(state[k].shape))
+    absent = sorted(k for k in keys if k not in init and not k.startswith("heads."))
+    if unknown or wrong or absent:
+        raise ValueError(f"the initial weights do not fit this job's model: unknown keys {unknown[:3]}, other "
+                         f"shapes {wrong[:3]}, missing {absent[:3]}")
+    bad = sorted(k for k, v in init.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise ValueError(f"the initial weights hold non-finite values: {bad[:3]}")
+    return {k: v.to(state[k].dtype) for k, v in init.items()}
+
+
 def build_job_from(job: JobConfig, out_dir: str | Path, init_from: str | Path | None = None) -> Path:
     """`build_job`, plus the initial weights from `init_from` (see the module doc) shipped in the job."""
     if init_from is None:
