@@ -126,6 +126,7 @@ CASES = {
     "header-length-negative": lambda: (FULL, "-5"),
     "header-length-zero": lambda: (FULL, "0"),
     "header-length-float": lambda: (FULL, "1e3"),
+    "header-length-5000-digits": lambda: (FULL, "9" * 5000),           # past Python's int() digit limit
     "header-length-cuts-json": lambda: (FULL, FULL_N - 3),
     # sizes that do not add up
     "undeclared-trailing-bytes": lambda: (FULL + b"extra", FULL_N),

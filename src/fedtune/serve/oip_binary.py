@@ -62,7 +62,7 @@ def _header_length(value: str | None, total: int) -> int | None:
     if value is None:
         return None
     value = value.strip()
-    if not value.isascii() or not value.isdigit() or not 0 < int(value) <= total:
+    if not (value.isascii() and value.isdigit() and len(value) <= 20 and 0 < int(value) <= total):
         raise _bad("bad_header_length", f"{HEADER_LENGTH} must be a whole number of bytes between 1 and the body "
                                         f"length ({total}), not {value[:40]!r}")
     return int(value)

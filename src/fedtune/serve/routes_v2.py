@@ -33,6 +33,7 @@ ERRORS = {400: {"model": ErrorResponse, "description": "malformed tensors or bin
           422: {"model": ErrorResponse, "description": "invalid sequence or text"}}
 INPUTS = {"fitness": ("heavy", "light"), "sentiment": ("text",)}
 
+
 class _DecodedRequest(Request):
     """The request as FastAPI's JSON body parsing expects it: JSON content type, the decoded body as its JSON."""
 
