@@ -408,6 +408,9 @@ def test_network_policies_admit_only_clients_and_prometheus_to_inference(rendere
     for name in ("fl-server", *SITES):
         labels = pod_labels(by_kind(docs, "Deployment")[name])
         assert not any(matches(p["podSelector"], labels) for p in peers), name
+    # and it opens no connection itself
+    egress = [p for p in policies_for(docs, inference) if "Egress" in p["spec"]["policyTypes"]]
+    assert egress and all(not p["spec"].get("egress") for p in egress)
     # the training metrics: Prometheus only
     sub_peers = admitted_peers(ingress_rules(docs, pod_labels(by_kind(docs, "Job")["submitter"])), 9102)
     assert sub_peers and all(p.get("podSelector", {}).get("matchLabels") == PROMETHEUS for p in sub_peers)
