@@ -11,10 +11,12 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from serve_helpers import antibodies, texts
 
 from fedtune.serve.errors import ApiError
-from fedtune.serve.oip_binary import decode_bytes, encode_tensor
+from fedtune.serve.oip_binary import decode_bytes, decode_request, encode_tensor
 
 tc_utils = pytest.importorskip("tritonclient.utils", reason="pip install -e '.[dev]' (tritonclient[http])")
 
@@ -138,6 +140,7 @@ CASES = {
     "element-count-vs-shape": lambda: _fitness(heavy=_ser(HEAVY[:1])),
     "fp32-for-bytes-input": lambda: _heavy(*_tensor("heavy", np.zeros(2, "<f4").tobytes(), datatype="FP32")),
     "fp32-size-not-multiple": lambda: _heavy(*_tensor("heavy", b"abc", datatype="FP32")),
+    "datatype-list": lambda: _heavy(*_tensor("heavy", _ser(HEAVY), datatype=["BYTES"])),
     "unknown-datatype": lambda: _heavy(*_tensor("heavy", _ser(HEAVY), datatype="NOPE")),
     "shape-1x2": lambda: _heavy(*_tensor("heavy", _ser(HEAVY), shape=(1, 2))),
     "shape-negative": lambda: _heavy(*_tensor("heavy", _ser(HEAVY), shape=(-1,))),
@@ -182,3 +185,25 @@ def test_compressed_bodies(client):
     _client_error(_post(client, b"not gzip", None, **{"content-encoding": "gzip"}), 400)
     _client_error(_post(client, gzip.compress(body)[:-4], n, **{"content-encoding": "gzip"}), 400)
     _client_error(_post(client, body, n, **{"content-encoding": "br"}), 415)
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-2, 300) | st.floats() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                   max_size=4), max_leaves=12)
+_tensors = st.fixed_dictionaries({}, optional={
+    "name": _json, "shape": _json, "data": _json,
+    "datatype": st.sampled_from(["BYTES", "FP32", "INT8", "BF16", "", None, 1, [1], {"a": 1}]),
+    "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(0, 8) | st.integers(-3, 60) | _json,
+                                                      "shared_memory_region": _json})})
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(inputs=st.lists(_tensors | _json, max_size=3), tail=st.binary(max_size=48), extra=_json)
+def test_decoder_raises_only_api_errors(inputs, tail, extra):
+    """Whatever header and bytes arrive, the decoder either returns or raises ApiError (a 4xx): never another
+    exception, which the service would answer with a 500."""
+    header = json.dumps({"inputs": inputs, "x": extra}).encode()
+    try:
+        decode_request(header + tail, {"inference-header-content-length": str(len(header))}, 1 << 16, 16)
+    except ApiError as exc:
+        assert 400 <= exc.status < 500

@@ -101,7 +101,7 @@ def decode_bytes(buf: bytes, name: str, max_elements: int | None = None) -> list
 def _decode_tensor(buf: bytes, datatype, name: str, max_elements: int | None) -> list:
     if datatype == "BYTES":
         return decode_bytes(buf, name, max_elements)
-    if datatype not in FIXED:
+    if not isinstance(datatype, str) or datatype not in FIXED:
         raise _bad("bad_datatype", f"input {name!r}: binary data of datatype {str(datatype)[:40]!r} is not "
                                    f"supported")
     dtype = np.dtype(FIXED[datatype])
