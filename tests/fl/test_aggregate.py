@@ -9,7 +9,7 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
 from fedtune.data import AssayStats
 from fedtune.fl.aggregate import (Aggregator, Rejected, check_counts, check_moments, check_train_result,
-                                  check_update)
+                                  check_update, clean_metrics)
 from fedtune.fl.config import JobConfig
 
 GLOBAL = {"trunk.w": torch.zeros(2, 3), "heads.tm.b": torch.zeros(1), "heads.hic.b": torch.zeros(1)}
@@ -141,3 +141,13 @@ def test_job_config_rejects_unknown_aggregator_and_bad_settings():
         JobConfig(**base, min_stat_count=0)
     with pytest.raises(ValueError, match="keep_checkpoints"):
         JobConfig(**base, keep_checkpoints=0)
+
+
+def test_reported_metrics_are_cleaned_before_they_are_stored_or_published():
+    reported = {"n": 30, "mean_pearson": float("nan"), "accuracy": np.float32(0.5), "note": "x" * 5000,
+                "tasks": {"tm": {"pearson": 0.25, "raw": [1, 2, 3], "measure": "Tm"}}, 7: "numeric key",
+                "deep": {"a": {"b": {"c": {"d": {"e": 1.0}}}}}}
+    assert clean_metrics(reported) == {"n": 30, "mean_pearson": None, "accuracy": 0.5, "note": None,
+                                       "tasks": {"tm": {"pearson": 0.25, "measure": "Tm"}},
+                                       "deep": {"a": {"b": {"c": {}}}}}
+    assert clean_metrics("not a dict") == "not a dict" and clean_metrics([1]) is None

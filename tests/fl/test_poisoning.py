@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from fedtune.bundle import load_bundle
 from fedtune.fl.export import export_bundle
 from fedtune.fl.federation import LocalFederation
-from fedtune.fl.submit import find_fedtune_dir
+from fedtune.fl.submit import JobFailed, find_fedtune_dir
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,16 @@ def test_nan_update_and_false_count_are_dropped_and_named(tmp_path, make_job, ma
     env = {"FEDTUNE_TEST_TAMPER": "site-2:n_train=1e12;site-3:nan"}
     with LocalFederation(tmp_path / "fed", sites, quiet=True, env=env) as fed:
         result = fed.run(make_job("fitness", tiny_antibody_trunk, rounds=2, min_sites=1, name="poison"), timeout=600)
+        # the same k-of-n rule as for missing sites: with min_sites=2 one usable answer cannot close a round
+        with pytest.raises(JobFailed) as failed:
+            fed.run(make_job("fitness", tiny_antibody_trunk, rounds=1, min_sites=2, name="poison-k"), timeout=600)
         server_log = (fed.workdir / "logs" / "server.log").read_text()
+    k_summary = json.loads((find_fedtune_dir(failed.value.result) / "summary.json").read_text())
+    assert k_summary["status"] == "failed" and "1 usable answer" in k_summary["error"]
+    assert sorted(k_summary["rejected"]["1"]) == ["site-2", "site-3"] and k_summary["last_round"] == 0
+    with pytest.raises(ValueError, match="before its first round completed"):
+        export_bundle(failed.value.result, tmp_path / "no-bundle")
+    assert not (tmp_path / "no-bundle").exists()
     out = find_fedtune_dir(result)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "complete"

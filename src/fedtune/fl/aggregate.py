@@ -124,6 +124,25 @@ def check_moments(moments, n_assays: int, n_train: int, min_count: int) -> tuple
     return [np.where(shared, v, 0.0).tolist() for v in (n, s, ss)]
 
 
+def clean_metrics(obj, depth: int = 0):
+    """A site's reported metrics as they may be stored and published (summary, bundle model card): nested
+    dicts of short string keys holding finite numbers, booleans, None or short strings; a non-finite number
+    becomes None; anything else (and anything too deep or too large) is left out."""
+    if isinstance(obj, bool) or obj is None:
+        return obj
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if isinstance(obj, str):
+        return obj if len(obj) <= 100 else None
+    if isinstance(obj, dict) and depth < 5:
+        items = [(k, clean_metrics(v, depth + 1)) for k, v in list(obj.items())[:200]
+                 if isinstance(k, str) and len(k) <= 100]
+        return {k: v for k, v in items if v is not None or not isinstance(obj[k], (dict, list))}
+    return None
+
+
 @dataclass
 class Aggregator:
     name: str = "fedavg"

@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from ..data import AssayStats
 from ..models import build_model, travelling_keys
 from .aggregate import (Aggregator, Rejected, as_tensor, check_counts, check_moments, check_train_result,
-                        check_update)
+                        check_update, clean_metrics)
 from .config import PUBLISHED, JobConfig
 from .resume import INIT_FILE, fit_init_state
 
@@ -58,6 +58,11 @@ def _nbytes(params: dict) -> int:
         return int(sum(as_tensor(v).numel() * as_tensor(v).element_size() for v in params.values()))
     except Rejected:
         return 0
+
+
+def _metrics(reported) -> dict:
+    """A site's reported metrics, cleaned (see clean_metrics); anything but a dict counts as none."""
+    return clean_metrics(reported) if isinstance(reported, dict) else {}
 
 
 def _save_atomic(tensors: dict, path: Path) -> None:
@@ -111,9 +116,10 @@ class FedtuneController(ModelController):
                                f"({sorted(answered)}); min_sites={self.job.min_sites}")
         return results, missing
 
-    def _screen(self, phase: str, rnd, results: list[FLModel], check) -> tuple[dict, dict]:
-        """({site: check(result)} for the answers that pass, {site: reason} for those that do not); fewer
-        usable answers than the round needs stops the job, as missing sites do."""
+    def _screen(self, phase: str, rnd: str, results: list[FLModel], check, summary: dict) -> tuple[dict, dict]:
+        """({site: check(result)} for the answers that pass, {site: reason} for those that do not, also
+        recorded as summary["rejected"][rnd]); fewer usable answers than the round needs stops the job, as
+        missing sites do."""
         good, bad = {}, {}
         for r in results:
             site = str(r.meta.get("client_name", "?"))
@@ -122,6 +128,8 @@ class FedtuneController(ModelController):
             except Exception as exc:   # whatever a site sends must not crash the server
                 bad[site] = str(exc) if isinstance(exc, Rejected) else f"malformed answer: {exc!r:.200}"
                 self.warning(f"fedtune: {phase} round {rnd}: dropped the answer of {site}: {bad[site]}")
+        if bad:
+            summary["rejected"][rnd] = bad
         need = min(self.job.min_sites, len(self.engine.get_clients()))
         if len(good) < need:
             raise RuntimeError(f"{phase} round {rnd}: only {len(good)} usable answer(s) ({sorted(good)}); "
@@ -164,11 +172,9 @@ class FedtuneController(ModelController):
             counts = check_counts(r.meta, None, tasks)
             moments = (check_moments(r.meta.get("moments"), len(assays), counts["n_train"], job.min_stat_count)
                        if job.kind == "fitness" else None)
-            return counts, moments, r.meta.get("digest")
+            return counts, moments, _metrics({"digest": r.meta.get("digest")}).get("digest")
 
-        good, bad = self._screen("stats", 0, results, check)
-        if bad:
-            summary["rejected"]["stats"] = bad
+        good, bad = self._screen("stats", "stats", results, check, summary)
         if missing:
             summary["missing"]["stats"] = missing
         bounds = {site: counts for site, (counts, _, _) in good.items()}
@@ -185,19 +191,20 @@ class FedtuneController(ModelController):
         self._progress({"event": "stats", "sites": sorted(good), "missing": missing, "rejected": bad})
         return bounds, meta
 
-    def _round(self, rnd: int, global_params: dict, meta: dict, bounds: dict, tasks: list) -> tuple[dict, dict]:
+    def _round(self, rnd: int, global_params: dict, meta: dict, bounds: dict, tasks: list,
+               summary: dict) -> tuple[dict, dict]:
         start = time.time()
         results, missing = self._ask("train", global_params, meta, rnd)
 
         def check(site, r):
             return (*check_train_result(r, global_params, bounds.get(site), tasks), r)
 
-        good, bad = self._screen("train", rnd, results, check)
+        good, bad = self._screen("train", str(rnd), results, check, summary)
         new_params = self.aggregate([(p, c) for p, c, _ in good.values()], global_params)
         up = [_nbytes(r.params) for _, _, r in good.values()]
         record = {"round": rnd, "seconds": time.time() - start, "missing": missing, "rejected": bad,
                   "bytes_down_per_site": _nbytes(global_params), "bytes_up_per_site": max(up) if up else 0,
-                  "sites": {site: r.meta.get("summary", {}) for site, (_, _, r) in good.items()}}
+                  "sites": {site: _metrics(r.meta.get("summary")) for site, (_, _, r) in good.items()}}
         return new_params, record
 
     def _final(self, global_params: dict, meta: dict, state: dict, bounds: dict, summary: dict) -> list:
@@ -209,17 +216,16 @@ class FedtuneController(ModelController):
             published = {k[len(PUBLISHED):]: v for k, v in (r.params or {}).items() if k.startswith(PUBLISHED)}
             return check_update(published, head_refs) if published else {}, r
 
-        good, bad = self._screen("final", "", results, check)
+        good, bad = self._screen("final", "final", results, check, summary)
         (out / "site_heads").mkdir(exist_ok=True)
         for site, (heads, r) in good.items():
-            summary["sites"][site] = {"final_val": r.meta.get("final_val"), "n_train": bounds.get(site, {}).get("n_train"),
-                                      "n_val": r.meta.get("n_val")}
+            summary["sites"][site] = {"final_val": _metrics(r.meta.get("final_val")),
+                                      "n_train": bounds.get(site, {}).get("n_train"),
+                                      "n_val": _metrics({"n": r.meta.get("n_val")}).get("n")}
             if heads:
                 _save_atomic(heads, out / "site_heads" / f"{site}.safetensors")
         if missing:
             summary["missing"]["final"] = missing
-        if bad:
-            summary["rejected"]["final"] = bad
         return missing
 
     # ---- the workflow ----------------------------------------------------------------------------------
@@ -244,11 +250,10 @@ class FedtuneController(ModelController):
             for rnd in range(1, job.rounds + 1):
                 if self.abort_signal.triggered:
                     return
-                global_params, record = self._round(rnd, global_params, meta, bounds, tasks)
+                global_params, record = self._round(rnd, global_params, meta, bounds, tasks, summary)
                 summary["rounds"].append(record)
-                for key, value in (("missing", record["missing"]), ("rejected", record["rejected"])):
-                    if value:
-                        summary[key][str(rnd)] = value
+                if record["missing"]:
+                    summary["missing"][str(rnd)] = record["missing"]
                 self._checkpoint(state, global_params, rnd, summary)
                 self._progress({"event": "round", **record})
             missing = self._final(global_params, meta, state, bounds, summary)
