@@ -3,6 +3,7 @@ controller refuses, and the CLI's errors on bad input (fast: no federation)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -86,3 +87,14 @@ def test_submit_refuses_bad_options_before_touching_a_server(tmp_path, args, mes
     res = subprocess.run(fedtune_command("submit", "sentiment", "--admin-kit", str(tmp_path / "no-kit"),
                                          "--out", str(tmp_path / "out"), *args), capture_output=True, text=True)
     assert res.returncode == 2 and message in res.stderr, res.stderr[-2000:]
+
+
+def test_a_corrupt_checkpoint_in_a_result_is_a_clear_error(tmp_path, make_job, tiny_antibody_trunk):
+    fed_dir = tmp_path / "result" / "workspace" / "app_server" / "fedtune"
+    (fed_dir / "checkpoints").mkdir(parents=True)
+    (fed_dir / "job.json").write_text(json.dumps(make_job("fitness", tiny_antibody_trunk).to_dict()))
+    (fed_dir / "summary.json").write_text(json.dumps({"status": "failed", "last_round": 1,
+                                                      "checkpoint": "checkpoints/round-1.safetensors"}))
+    (fed_dir / "checkpoints" / "round-1.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="unreadable weights"):
+        load_init_state(tmp_path / "result")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..bundle import save_bundle
@@ -25,12 +26,17 @@ def load_job_result(result: str | Path):
     if summary.get("status", "complete") == "complete":
         weights = src / "global.safetensors"
     elif summary.get("checkpoint"):
-        weights = src / summary["checkpoint"]
+        weights = src / str(summary["checkpoint"])
+        if not weights.resolve().is_relative_to(src.resolve()):
+            raise ValueError(f"{result}: the summary's checkpoint {summary['checkpoint']!r} is outside the result")
     else:
         raise ValueError(f"{result}: the job ended ({summary.get('status')}: {summary.get('error', '')}) before "
                          "its first round completed: there is no trained model to export")
-    state = load_file(str(weights))
-    heads = {p.stem: load_file(str(p)) for p in sorted((src / "site_heads").glob("*.safetensors"))}
+    try:
+        state = load_file(str(weights))
+        heads = {p.stem: load_file(str(p)) for p in sorted((src / "site_heads").glob("*.safetensors"))}
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{result}: unreadable weights: {exc}") from None
     return job, summary, state, heads
 
 
