@@ -28,30 +28,61 @@ def foreground(run, *args, **kwargs) -> None:
 @app.command()
 def provision(
     out: Annotated[Path, typer.Option(help="provisioning folder (project.yml, kits, root CA state)")],
-    sites: Annotated[int, typer.Option(help="number of sites: site-1 ... site-N")] = 3,
-    server_name: Annotated[str, typer.Option(help="server host name as clients reach it (CN/SAN of its "
-                                                  "certificate): localhost, or the service name in containers")] = "localhost",
+    sites: Annotated[int, typer.Option(help="number of sites: site-1 ... site-N (organisation fedtune); "
+                                            "ignored with --site/--project")] = 3,
+    site: Annotated[Optional[list[str]], typer.Option(help="a named site NAME@ORG, e.g. lab-a@acme; repeatable")] = None,
+    admin: Annotated[Optional[list[str]], typer.Option(help="an admin EMAIL@ORG, e.g. alice@acme.com@acme "
+                                                            "(EMAIL alone: the server's org); repeatable")] = None,
+    project: Annotated[Optional[Path], typer.Option(help="a project file (YAML/TOML: server, sites, admins) "
+                                                         "instead of --site/--admin/--server-*")] = None,
+    server_name: Annotated[str, typer.Option(help="server host name as clients reach it (its public DNS name; CN/"
+                                                  "SAN of its certificate): localhost, or the service name in "
+                                                  "containers")] = "localhost",
+    server_org: Annotated[str, typer.Option(help="the coordinator's organisation")] = "fedtune",
     scheme: Annotated[str, typer.Option(help="transport: grpc (default) or http")] = "grpc",
     host_name: Annotated[Optional[list[str]], typer.Option(help="extra server host names (SANs); repeatable")] = None,
     fl_port: Annotated[int, typer.Option(help="federated-learning port")] = 8002,
     admin_port: Annotated[int, typer.Option(help="admin port")] = 8003,
     force: Annotated[bool, typer.Option(help="write new kits even if OUT holds kits, signed by the SAME root CA "
                                              "(the earlier kits and the CA are kept; a new CA needs a new OUT)")] = False,
+    add_site: Annotated[Optional[list[str]], typer.Option(help="issue a kit for a new site NAME@ORG in an existing "
+                                                               "OUT, from the same root CA; no other kit changes; "
+                                                               "repeatable")] = None,
+    packages: Annotated[Optional[Path], typer.Option(help="also write one archive per participant here (as "
+                                                          "`fedtune package`)")] = None,
 ):
-    """Run real NVFlare provisioning: root CA + startup kits for the server, every site and an admin.
+    """Run real NVFlare provisioning: root CA + startup kits for the server, every site and the admin(s).
 
-    Existing kits in OUT are reused unless --force; nothing in OUT is ever deleted. The root CA key stays in
-    OUT/workspace/fedtune/state (mode 0600): back it up, keep it out of images and off the sites."""
-    from fedtune.fl.provision import provision as run_provision
+    Existing kits in OUT are reused unless --force; nothing in OUT is ever deleted, and no second root CA is
+    minted over an existing project. The root CA key stays in OUT/workspace/fedtune/state (mode 0600): back it
+    up (`fedtune ca backup`), keep it out of images and off the sites."""
+    from fedtune.fl.participants import ParticipantError, ProjectSpec, admin as parse_admin, load_project, \
+        numbered_sites, site as parse_site
+    from fedtune.fl.provision import add_sites, provision as run_provision
 
     try:
-        kits = run_provision(out, sites, server_name, scheme, host_name or [], fl_port, admin_port, force=force)
-    except (ValueError, RuntimeError) as exc:
+        if add_site:
+            if site or admin or project or force:
+                fail("--add-site adds to an existing OUT: it takes no --site/--admin/--project/--force")
+            kits = add_sites(out, [parse_site(s) for s in add_site])
+        else:
+            if project and (site or admin):
+                fail("give --project FILE or --site/--admin, not both")
+            spec = load_project(project) if project else ProjectSpec(
+                sites=[parse_site(s) for s in site] if site else numbered_sites(sites), server_name=server_name,
+                server_org=server_org, host_names=host_name or [],
+                admins=[parse_admin(a, server_org) for a in admin or []], fl_port=fl_port, admin_port=admin_port)
+            kits = run_provision(out, scheme=scheme, force=force, spec=spec)
+    except (ValueError, RuntimeError, ParticipantError) as exc:
         fail(str(exc))
     typer.echo(f"server kit: {kits.server}")
-    for site, kit in kits.sites.items():
-        typer.echo(f"{site} kit: {kit}")
-    typer.echo(f"admin kit:  {kits.admin}")
+    for name, kit in kits.sites.items():
+        typer.echo(f"{name} kit: {kit}")
+    for name, kit in (kits.admins or {kits.admin.name: kits.admin}).items():
+        typer.echo(f"admin kit ({name}): {kit}")
+    if packages:
+        from .pki import write_packages
+        write_packages(out, packages, [s.split("@")[0] for s in add_site] if add_site else None)
 
 
 @app.command()
@@ -62,8 +93,10 @@ def server(
              "marked finished [NVFLARE_CLIENT_OUTCOME_WAIT_TIMEOUT, 60]")] = None,
 ):
     """Run the NVFlare server in the foreground (job storage inside the kit). Stops on SIGTERM / Ctrl-C."""
+    from fedtune.fl.pki import warn_if_expiring
     from fedtune.fl.process import run_server
 
+    warn_if_expiring(kit)
     foreground(run_server, kit, client_outcome_wait)
 
 
@@ -81,8 +114,10 @@ def client(
     """Run one site's NVFlare client in the foreground; its jobs train on DATA, which never leaves the site.
 
     DATA is checked first (as `fedtune check-data` does): a folder with errors is refused, exit 2."""
+    from fedtune.fl.pki import warn_if_expiring
     from fedtune.fl.process import run_client
 
+    warn_if_expiring(kit)
     refuse_bad_data(data)
     foreground(run_client, kit, site, data, startup_deadline, gpus=gpus)
 
@@ -132,7 +167,9 @@ def submit(
     from fedtune.bundle import BundleError
     from fedtune.fl.resume import build_job_from
     from fedtune.fl.submit import JobFailed, submit_and_wait
+    from fedtune.fl.pki import warn_if_expiring
 
+    warn_if_expiring(admin_kit)
     assays = []
     if kind == Kind.fitness:
         src = assays_from.parent if assays_from and assays_from.name == "assays.csv" else assays_from

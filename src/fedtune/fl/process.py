@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from .provision import PROJECT
+from .pki import kit_org
 
 SERVER_READY = re.compile(r"Server started|Starting Server|started server", re.I)
 CLIENT_READY = re.compile(r"Successfully registered client|registered client", re.I)
@@ -38,13 +38,13 @@ def check_kit(kit: Path, role: str) -> Path:
 
 def server_command(kit: Path) -> list[str]:
     return [sys.executable, "-u", "-m", "nvflare.private.fed.app.server.server_train", "-m", str(kit),
-            "-s", "fed_server.json", "--set", "secure_train=true", "config_folder=config", f"org={PROJECT}"]
+            "-s", "fed_server.json", "--set", "secure_train=true", "config_folder=config", f"org={kit_org(kit)}"]
 
 
 def client_command(kit: Path, site: str) -> list[str]:
     return [sys.executable, "-u", "-m", "nvflare.private.fed.app.client.client_train", "-m", str(kit),
             "-s", "fed_client.json", "--set", "secure_train=true", f"uid={site}", "config_folder=config",
-            f"org={PROJECT}"]
+            f"org={kit_org(kit)}"]
 
 
 def site_of_kit(kit: Path) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from .job import check_name
-from .provision import ADMIN
+from .pki import admin_username
 
 DONE = ("FINISHED:COMPLETED",)
 
@@ -28,7 +28,8 @@ def open_session(admin_kit: Path, timeout: float = 60.0):
     admin_kit = Path(admin_kit).resolve()
     if not (admin_kit / "startup" / "fed_admin.json").exists():
         raise FileNotFoundError(f"{admin_kit}: not an admin startup kit (no startup/fed_admin.json)")
-    return new_secure_session(username=ADMIN, startup_kit_location=str(admin_kit), timeout=timeout)
+    return new_secure_session(username=admin_username(admin_kit), startup_kit_location=str(admin_kit),
+                              timeout=timeout)
 
 
 def read_progress(session, job_id: str) -> list[dict]:
