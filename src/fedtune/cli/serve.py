@@ -49,8 +49,9 @@ def serve_cmd(
                  "metrics_auth": metrics_auth, "log_level": log_level}
     try:
         settings = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        typer.secho(f"error: invalid setting: {exc}", fg="red", err=True)
+    except ValidationError as exc:       # messages only: pydantic's own text echoes the input, keys included
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        typer.secho(f"error: invalid setting: {problems}", fg="red", err=True)
         raise typer.Exit(2)
     if not settings.bundles:
         typer.secho("error: no bundle given (--bundle DIR or FEDTUNE_BUNDLES)", fg="red", err=True)
