@@ -1,0 +1,55 @@
+"""Sites join a running federation (real NVFlare, mTLS over loopback): one with a kit added from the same root
+CA (`provision --add-site`), one through request-and-sign with a key that never left it. Neither the server
+nor the first two sites restart, and a job that needs all four runs with them under their own names."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from fedtune.fl.csr import assemble, request, sign
+from fedtune.fl.federation import READY, LocalFederation, fedtune_command
+from fedtune.fl.pki import root_fingerprint
+from fedtune.fl.submit import find_fedtune_dir
+
+pytestmark = pytest.mark.slow
+
+FIRST = ["lab-a", "hospital-b"]
+LATER = ["lab-c", "lab-d"]
+
+
+def test_sites_join_a_running_federation(tmp_path, monkeypatch, make_sites, make_job, tiny_antibody_trunk):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))       # NVFlare's request/approval audit records
+    data = dict(zip(FIRST + LATER, make_sites(tmp_path / "data", 4).values()))
+    with LocalFederation(tmp_path / "fed", {s: data[s] for s in FIRST}, quiet=True) as fed:
+        pids = {s: fed.procs[s].pid for s in ["server", *FIRST]}
+
+        # lab-c: the coordinator issues a kit from the same root CA, no other kit changes
+        p = subprocess.run(fedtune_command("provision", "--out", str(fed.kits.root), "--add-site", "lab-c@neworg"),
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        kit_c = json.loads((fed.kits.root / "kits.json").read_text())["sites"]["lab-c"]
+        fed.start_site("lab-c", data["lab-c"], kit=kit_c)
+
+        # lab-d: its own key and request; the coordinator signs; the site assembles its kit
+        site_d = tmp_path / "lab-d-host"
+        zip_d = request("lab-d", "otherorg", site_d / "request")
+        signed = sign(zip_d, fed.kits.root, tmp_path / "inbox" / "lab-d.signed.zip")
+        kit_d = assemble(signed, site_d / "request", site_d / "kit", root_fingerprint(fed.kits.server))
+        fed.start_site("lab-d", data["lab-d"], kit=kit_d)
+
+        for s in LATER:
+            fed._wait_for(s, READY["client"], 180)
+        job_ids = []
+        result = fed.run(make_job("fitness", tiny_antibody_trunk, name="four-sites", rounds=1, min_sites=4),
+                         timeout=900, on_submit=job_ids.append)
+        summary = json.loads((find_fedtune_dir(result) / "summary.json").read_text())
+        assert sorted(summary["sites"]) == sorted(FIRST + LATER)
+        for s in ["server", *FIRST]:                 # never restarted
+            assert fed.procs[s].poll() is None and fed.procs[s].pid == pids[s]
+
+        key = (site_d / "request" / "lab-d.key").read_bytes()
+        holders = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink() and key in p.read_bytes()]
+        assert holders and all(p.is_relative_to(site_d) for p in holders), holders
