@@ -101,11 +101,13 @@ def test_keys_from_secret_files(monkeypatch, tmp_path):
         ServeSettings()
 
 
-def test_serve_command_refuses_to_start_with_an_empty_key(global_bundle_a):
-    env = {**os.environ, "FEDTUNE_API_KEY": "", "FEDTUNE_ADMIN_KEY": "adm1n-s3cret", "FEDTUNE_DEVICE": "cpu"}
+@pytest.mark.parametrize("empty,other", [("FEDTUNE_API_KEY", "FEDTUNE_ADMIN_KEY"),
+                                         ("FEDTUNE_ADMIN_KEY", "FEDTUNE_API_KEY")])
+def test_serve_command_refuses_to_start_with_an_empty_key(global_bundle_a, empty, other):
+    env = {**os.environ, empty: "", other: "s3cret-k3y", "FEDTUNE_DEVICE": "cpu"}
     cmd = [sys.executable, "-c", "from fedtune.cli import main; main()", "serve", "--bundle", str(global_bundle_a),
            "--port", "0"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "FEDTUNE_API_KEY is set but empty" in proc.stderr
-    assert "adm1n" not in proc.stderr + proc.stdout           # the error never echoes a key
+    assert f"{empty} is set but empty" in proc.stderr
+    assert "s3cret" not in proc.stderr + proc.stdout           # the error never echoes a key
