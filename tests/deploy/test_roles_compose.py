@@ -157,3 +157,11 @@ def test_what_a_party_unpacks_beside_its_project_is_never_committed(tmp_path):
             path = f"deploy/{role}/{folder}/startup/client.key"
             res = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO)
             assert res.returncode == 0, f"{path} is not ignored by git"
+
+
+def test_what_a_party_unpacks_beside_its_project_never_enters_a_build_context():
+    lines = [l.strip() for l in (REPO / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    for folder in ("kit", "data", "results", "bundles", ".env"):
+        rule = f"deploy/*/{folder}"
+        assert rule in lines, f".dockerignore lacks {rule}"
+        assert not any(l.startswith("!") for l in lines[lines.index(rule):]), "re-admitted by a later ! rule"
