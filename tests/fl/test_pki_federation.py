@@ -53,3 +53,33 @@ def test_sites_join_a_running_federation(tmp_path, monkeypatch, make_sites, make
         key = (site_d / "request" / "lab-d.key").read_bytes()
         holders = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink() and key in p.read_bytes()]
         assert holders and all(p.is_relative_to(site_d) for p in holders), holders
+
+
+def test_named_server_site_and_admin_of_different_organisations(tmp_path, make_sites):
+    """A server named for its DNS name (localhost as an extra SAN), a site of `acme` and an admin of `uni`: the
+    site registers with its own organisation and the admin logs in under its own name (not the default one)."""
+    from fedtune.fl.federation import free_port
+    from fedtune.fl.participants import ProjectSpec, admin, site
+    from fedtune.fl.process import client_command, server_command
+    from fedtune.fl.provision import provision
+    from fedtune.fl.submit import open_session
+
+    data = make_sites(tmp_path / "data", 1)["site-1"]
+    fed = LocalFederation(tmp_path / "fed", {"lab-a": data}, quiet=True)
+    fed.kits = provision(tmp_path / "fed" / "pki", spec=ProjectSpec(
+        sites=[site("lab-a@acme")], server_name="localhost", server_org="coord",
+        admins=[admin("carol@uni.edu@uni")], fl_port=free_port(), admin_port=free_port()))
+    assert "org=coord" in server_command(fed.kits.server) and "org=acme" in client_command(fed.kits.sites["lab-a"], "lab-a")
+    try:
+        fed._start("server", ["server", "--kit", str(fed.kits.server)])
+        fed._wait_for("server", READY["server"], 120)
+        fed.start_site("lab-a", data)
+        fed._wait_for("lab-a", READY["client"], 120)
+        session = open_session(fed.kits.admins["carol@uni.edu"])
+        try:
+            clients = [c.name for c in session.get_system_info().client_info]
+        finally:
+            session.close()
+        assert clients == ["lab-a"]
+    finally:
+        fed.stop()
