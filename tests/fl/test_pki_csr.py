@@ -12,7 +12,8 @@ import pytest
 from fedtune.fl import csr
 from fedtune.fl.federation import fedtune_command
 from fedtune.fl.pki import PkiError, kit_expiry, kit_identity, root_fingerprint
-from fedtune.fl.provision import provision
+from fedtune.fl.participants import site
+from fedtune.fl.provision import ProvisionError, add_sites, provision
 
 
 def fedtune(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -63,6 +64,8 @@ def test_a_site_kit_from_its_own_key(tmp_path, pki):
     assert coordinator == []                        # the coordinator's folder never held the key
     assert not list(pki.root.glob(".ca-*"))         # the root key's working copy is gone
     assert json.loads((pki.root / csr.SIGNED_LOG).read_text())["lab-d"]["org"] == "neworg"
+    with pytest.raises(ProvisionError, match="already a participant"):     # its name is taken for --add-site too
+        add_sites(pki.root, [site("lab-d@other")])
 
 
 def test_only_new_site_requests_are_signed(tmp_path, pki):

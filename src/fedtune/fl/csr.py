@@ -25,10 +25,9 @@ import yaml
 
 from .participants import ParticipantError, check_org, check_site
 from .pki import PkiError, root_fingerprint
-from .provision import PROJECT, Kits, ca_state
+from .provision import PROJECT, SIGNED_LOG, Kits, ca_state
 
 SIGNED_SUFFIX = ".signed.zip"
-SIGNED_LOG = "signed-sites.json"        # in the provisioning folder: the sites signed this way
 
 
 def nvflare(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

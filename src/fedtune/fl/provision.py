@@ -38,6 +38,7 @@ from .participants import DEFAULT_ADMIN, Participant, ProjectSpec, check_site, n
 PROJECT = "fedtune"
 ADMIN = DEFAULT_ADMIN
 SCHEMES = ("grpc", "http", "tcp")
+SIGNED_LOG = "signed-sites.json"    # the sites whose requests `fedtune ca sign` signed (see fedtune.fl.csr)
 PRIVATE = 0o077      # permission bits nobody but the owner may have on anything in the workspace
 
 
@@ -264,6 +265,8 @@ def add_sites(out: str | Path, new: list[Participant]) -> Kits:
         raise ProvisionError(f"{ca_state(out)} is missing: restore the CA first (`fedtune ca restore`)")
     project = yaml.safe_load((out / "project.yml").read_text())
     taken = {p["name"] for p in project["participants"]}
+    if (out / SIGNED_LOG).is_file():
+        taken |= set(json.loads((out / SIGNED_LOG).read_text()))
     for s in new:
         check_site(s.name)
         if s.name in taken:
