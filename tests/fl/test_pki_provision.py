@@ -188,3 +188,42 @@ def test_add_site_keeps_every_existing_kit(tmp_path):
         add_sites(out, [site("lab-a@acme")])
     proc = fedtune("provision", "--out", str(tmp_path / "none"), "--add-site", "lab-d@x")
     assert proc.returncode == 2 and not (tmp_path / "none" / "workspace").exists()
+
+
+def test_reissue_gives_a_new_key_and_certificate_and_keeps_the_rest(tmp_path):
+    from cryptography import x509
+    out = tmp_path / "pki"
+    kits = provision(out, ["lab-a@acme", "hospital-b@uni"])
+    old = snapshot(kits.server.parent)
+    root = x509.load_pem_x509_certificate((kits.server / "startup" / "rootCA.pem").read_bytes())
+    assert (root.not_valid_after_utc - root.not_valid_before_utc).days == 3650     # not NVFlare's 360
+    proc = fedtune("provision", "--out", str(out), "--reissue", "lab-a", "--reissue", kits.server_name,
+                   "--packages", str(tmp_path / "p"))
+    assert proc.returncode == 0, proc.stderr
+    new = Kits.load(out)
+    assert snapshot(kits.server.parent) == old                   # the old kits are still there, untouched
+    assert new.sites["hospital-b"] == kits.sites["hospital-b"] and new.admin == kits.admin
+    for name, before, after in (("lab-a", kits.sites["lab-a"], new.sites["lab-a"]),
+                                (kits.server_name, kits.server, new.server)):
+        assert after != before and kit_identity(after) == kit_identity(before)
+        key = "server" if name == kits.server_name else "client"
+        for f in (f"{key}.crt", f"{key}.key"):
+            assert (after / "startup" / f).read_bytes() != (before / "startup" / f).read_bytes(), (name, f)
+        cert = x509.load_pem_x509_certificate((after / "startup" / f"{key}.crt").read_bytes())
+        cert.verify_directly_issued_by(root)                     # same root CA
+        assert (after / "startup" / "rootCA.pem").read_bytes() == (kits.server / "startup" / "rootCA.pem").read_bytes()
+    assert (new.server / "local" / "resources.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == sorted([f"{kits.server_name}.tar.gz", "lab-a.tar.gz"])
+    assert len(list((out / "ca-backups").iterdir())) >= 1
+    proc = fedtune("provision", "--out", str(out), "--reissue", "nobody")
+    assert proc.returncode == 2 and "nobody" in proc.stderr
+
+
+def test_a_root_ca_made_with_nvflares_default_validity_is_kept(tmp_path, monkeypatch):
+    import fedtune.fl.provision as prov
+    monkeypatch.setattr(prov, "ROOT_VALID_DAYS", 360)       # as an older fedtune (NVFlare's default) made it
+    first = provision(tmp_path / "pki", 1)
+    monkeypatch.undo()
+    again = provision(tmp_path / "pki", 2, force=True)      # NVFlare refuses another validity for an existing root
+    assert (again.server / "startup" / "rootCA.pem").read_bytes() == (first.server / "startup" / "rootCA.pem").read_bytes()
+    assert add_sites(tmp_path / "pki", [site("lab-c@x")]).sites["lab-c"].is_dir()

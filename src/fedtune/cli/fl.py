@@ -48,6 +48,9 @@ def provision(
     add_site: Annotated[Optional[list[str]], typer.Option(help="issue a kit for a new site NAME@ORG in an existing "
                                                                "OUT, from the same root CA; no other kit changes; "
                                                                "repeatable")] = None,
+    reissue: Annotated[Optional[list[str]], typer.Option(help="a new key and certificate for this participant "
+                                                              "(server, site or admin name) of an existing OUT, "
+                                                              "from the same root CA; repeatable")] = None,
     packages: Annotated[Optional[Path], typer.Option(help="also write one archive per participant here (as "
                                                           "`fedtune package`)")] = None,
 ):
@@ -58,22 +61,28 @@ def provision(
     up (`fedtune ca backup`), keep it out of images and off the sites."""
     from fedtune.fl.participants import ParticipantError, ProjectSpec, admin as parse_admin, load_project, \
         numbered_sites, site as parse_site
+    from fedtune.fl.pki import PkiError, reissue as run_reissue
     from fedtune.fl.provision import add_sites, provision as run_provision
 
+    if (add_site or reissue) and (site or admin or project or force or (add_site and reissue)):
+        fail("--add-site / --reissue change an existing OUT: they take no --site/--admin/--project/--force and not "
+             "each other")
+    if project and (site or admin):
+        fail("give --project FILE or --site/--admin, not both")
+    changed = None
     try:
         if add_site:
-            if site or admin or project or force:
-                fail("--add-site adds to an existing OUT: it takes no --site/--admin/--project/--force")
+            changed = [parse_site(s).name for s in add_site]
             kits = add_sites(out, [parse_site(s) for s in add_site])
+        elif reissue:
+            changed, kits = reissue, run_reissue(out, reissue)
         else:
-            if project and (site or admin):
-                fail("give --project FILE or --site/--admin, not both")
             spec = load_project(project) if project else ProjectSpec(
                 sites=[parse_site(s) for s in site] if site else numbered_sites(sites), server_name=server_name,
                 server_org=server_org, host_names=host_name or [],
                 admins=[parse_admin(a, server_org) for a in admin or []], fl_port=fl_port, admin_port=admin_port)
             kits = run_provision(out, scheme=scheme, force=force, spec=spec)
-    except (ValueError, RuntimeError, ParticipantError) as exc:
+    except (ValueError, RuntimeError, ParticipantError, PkiError) as exc:
         fail(str(exc))
     typer.echo(f"server kit: {kits.server}")
     for name, kit in kits.sites.items():
@@ -82,7 +91,7 @@ def provision(
         typer.echo(f"admin kit ({name}): {kit}")
     if packages:
         from .pki import write_packages
-        write_packages(out, packages, [s.split("@")[0] for s in add_site] if add_site else None)
+        write_packages(out, packages, changed)
 
 
 @app.command()

@@ -4,6 +4,7 @@ and restored (never replaced).
     kit_identity(kit)            role (server|site|admin), name, organisation: read from the kit itself
     kit_expiry(kit)              each certificate of a kit (its own, rootCA.pem) with its expiry and days left
     backup_ca(out, file)         a tar.gz (0600) of the CA state, project.yml and kits.json
+    reissue(out, names)          a new key + certificate for some participants, the other kits untouched
     restore_ca(file, out)        puts the CA state and project.yml back where no CA is (or the same CA is), never
                                  over another; `fedtune provision --force` then re-issues the same kits
 
@@ -23,7 +24,10 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .provision import PROJECT, ca_state, make_private
+import yaml
+
+from .provision import PROJECT, Kits, ProvisionError, back_up_ca, ca_state, keep_storage_in_kit, \
+    make_private, refuse_second_ca, run_nvflare
 
 log = logging.getLogger(__name__)
 WARN_DAYS = 30
@@ -196,3 +200,45 @@ def restore_ca(file: str | Path, out: str | Path) -> list[Path]:
     if (out / "workspace").is_dir():
         make_private(out / "workspace")
     return written
+
+
+# ---- re-issue -----------------------------------------------------------------------------------------------
+def reissue(out: str | Path, names: list[str]) -> Kits:
+    """New key and certificate (a fresh validity period) for each named participant, from the same root CA;
+    every other kit stays as it is. The CA state is backed up first; kits.json then points at the new kits.
+    NVFlare keeps a participant's certificate in its CA state and re-uses it on every provisioning: without
+    this, `--force` would hand out the same (expiring) certificate again."""
+    out = Path(out).resolve()
+    if not (out / "kits.json").is_file():
+        raise ProvisionError(f"{out}: no kits.json; provision the federation first")
+    refuse_second_ca(out)
+    if not ca_state(out).is_file():
+        raise ProvisionError(f"{ca_state(out)} is missing: restore the CA first (`fedtune ca restore`)")
+    kits = Kits.load(out)
+    everyone = kits.participants()
+    unknown = sorted(set(names) - set(everyone))
+    if unknown or not names:
+        raise ProvisionError(f"no kit for {', '.join(unknown) or '(none given)'} in {out}; participants: "
+                             f"{', '.join(everyone)}")
+    back_up_ca(out)
+    state = json.loads(ca_state(out).read_text())
+    for name in names:
+        state.pop(name, None)
+    tmp = ca_state(out).with_suffix(".json.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(state, f)
+    os.replace(tmp, ca_state(out))
+    prod = run_nvflare(out, yaml.safe_load((out / "project.yml").read_text()))
+    for name in names:
+        role, _ = everyone[name]
+        if role == "server":
+            kits.server = prod / name
+            keep_storage_in_kit(kits.server)
+        elif role == "site":
+            kits.sites[name] = prod / name
+        else:
+            kits.admins = {**(kits.admins or {kits.admin.name: kits.admin}), name: prod / name}
+            kits.admin = kits.admins[next(iter(kits.admins))]
+    (out / "kits.json").write_text(json.dumps(kits.to_dict(), indent=2))
+    return kits

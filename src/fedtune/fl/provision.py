@@ -39,6 +39,7 @@ PROJECT = "fedtune"
 ADMIN = DEFAULT_ADMIN
 SCHEMES = ("grpc", "http", "tcp")
 SIGNED_LOG = "signed-sites.json"    # the sites whose requests `fedtune ca sign` signed (see fedtune.fl.csr)
+ROOT_VALID_DAYS = 3650             # a new root CA (NVFlare's `cert init` default; its provisioning default is 360)
 PRIVATE = 0o077      # permission bits nobody but the owner may have on anything in the workspace
 
 
@@ -230,6 +231,9 @@ def run_nvflare(out: Path, project: dict) -> Path:
     returns the new prod_NN folder. The root certificate is checked unchanged afterwards."""
     ws = out / "workspace"
     root_before = json.loads(ca_state(out).read_text())["root_cert"] if ca_state(out).is_file() else None
+    for b in project["builders"]:        # NVFlare insists on the validity an existing root CA was made with
+        if b["path"].endswith(".CertBuilder"):
+            b["args"] = {"root_valid_days": root_validity_days(root_before) if root_before else ROOT_VALID_DAYS}
     back_up_ca(out)
     before = set(ws.glob(f"{PROJECT}/prod_*"))
     path = out / "project.yml"
@@ -279,3 +283,9 @@ def add_sites(out: str | Path, new: list[Participant]) -> Kits:
         kits.orgs[s.name] = s.org
     (out / "kits.json").write_text(json.dumps(kits.to_dict(), indent=2))
     return kits
+
+
+def root_validity_days(pem: str) -> int:
+    from cryptography import x509
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    return (cert.not_valid_after_utc - cert.not_valid_before_utc).days
