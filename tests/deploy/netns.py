@@ -44,6 +44,7 @@ class Network:
         self.hosts: dict[str, Host] = {}
         self.procs: list[subprocess.Popen] = []
         self.namespaces: list[str] = []
+        self.kits: dict[str, Path] = {}     # participant -> its kit folder (inside its host's folder)
 
     @staticmethod
     def unavailable() -> str | None:

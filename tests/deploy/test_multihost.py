@@ -1,12 +1,15 @@
-"""A federation across separate hosts: the server, three sites and an admin workstation each in a network
-namespace of its own (tests/deploy/netns.py), each with only its own kit (and data) copied into its own folder,
-firewalled as docs/deploy.md says ("Running a federation across organisations"): the server accepts its FL port
-from anywhere and its admin port only from the admin host; sites and the admin accept no inbound connection.
+"""A federation across separate hosts: the server, three sites of three organisations and an admin
+workstation, each in a network namespace of its own (tests/deploy/netns.py), each holding only its own package
+(`fedtune provision --packages`: one archive per participant) unpacked in its own folder, and a site its own
+data; firewalled as docs/deploy.md says ("Running a federation across organisations"): the server accepts its
+FL port from anywhere and its admin port only from the admin host; sites and the admin accept no inbound
+connection. The server is provisioned with its address as its name (the kits dial it; its certificate names it).
 
 Real processes per host (`fedtune server`, `fedtune client`, `fedtune submit`), real NVFlare provisioning and
 mTLS over the namespaces' network. A job trains across them; the reachability a site has is checked; then a
-fourth site gets a kit signed by the same root CA, joins without any other process being restarted, and takes
-part in a second job. Needs root, iproute2 and iptables (skipped with the reason otherwise)."""
+fourth organisation gets a kit from the same root CA (`fedtune provision --add-site`, `fedtune package`), joins
+without any other process being restarted, and takes part in a second job. Needs root, iproute2 and iptables
+(skipped with the reason otherwise)."""
 
 from __future__ import annotations
 
@@ -26,8 +29,8 @@ pytestmark = pytest.mark.slow
 
 FL_PORT, ADMIN_PORT = 8002, 8003
 LISTENER = 9000
-SITES = ["site-1", "site-2", "site-3"]
-NEW_SITE = "site-4"
+SITES = {"lab-a": "acme", "hospital-b": "uni", "bank-c": "fin"}      # site -> organisation
+NEW_SITE, NEW_ORG = "clinic-d", "med"
 READY = {"server": "Server started", "client": "Successfully registered client"}
 
 
@@ -47,32 +50,20 @@ def wait_for(log: Path, marker: str, proc: subprocess.Popen, timeout: float = 18
     raise AssertionError(f"no '{marker}' in {log} after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def copy_kit(kit: Path, dst: Path, server: bool = False) -> None:
-    """What a participant gets handed: its own kit folder only."""
-    shutil.copytree(kit, dst, symlinks=True)
-    if server:   # job storage paths of the provisioning folder; the server writes its own at start
-        (dst / "local" / "resources.json").unlink(missing_ok=True)
+def unpack(packages: Path, name: str, host) -> Path:
+    """What a participant is handed: its own archive, unpacked in its own folder; returns its kit folder."""
+    subprocess.run(["tar", "-xzf", str(packages / f"{name}.tar.gz"), "-C", str(host.folder)], check=True)
+    return host.folder / name
 
 
 def key_files(folder: Path) -> set[str]:
     return {p.name for p in folder.rglob("*") if p.suffix == ".key" or p.name == "cert.json"}
 
 
-def add_site(pki: Path, server_ip: str) -> Path:
-    """A kit for NEW_SITE signed by the federation's root CA: `fedtune provision --add-site` where this fedtune
-    has it, else a forced re-provisioning (NVFlare keeps the root CA of the workspace's state/)."""
-    if "--add-site" in fedtune("provision", "--help"):
-        fedtune("provision", "--out", str(pki), "--add-site", NEW_SITE)
-    else:
-        fedtune("provision", "--out", str(pki), "--sites", str(len(SITES) + 1), "--server-name", server_ip,
-                "--force")
-    return Path(json.loads((pki / "kits.json").read_text())["sites"][NEW_SITE])
-
-
 def submit(net: Network, trunk: Path, name: str, min_sites: int) -> dict:
     admin = net.hosts["admin"]
     log = admin.folder / f"submit-{name}.log"
-    proc = net.start(admin, ["submit", "sentiment", "--admin-kit", str(admin.folder / "kit"),
+    proc = net.start(admin, ["submit", "sentiment", "--admin-kit", str(net.kits["admin"]),
                              "--out", str(admin.folder / "results"), "--name", name, "--rounds", "1",
                              "--local-epochs", "1", "--trunk", str(trunk), "--trunk-mode", "full",
                              "--min-sites", str(min_sites), "--grace", "60", "--batch-size", "16",
@@ -95,29 +86,30 @@ def federation(tmp_path_factory, tiny_text_trunk):
         server = net.add_host("server")
         sites = {s: net.add_host(s) for s in SITES}
         admin = net.add_host("admin")
-        # the coordinator provisions (its own machine; here: the test's folder, outside every host folder)
-        pki = root / "pki"
-        fedtune("provision", "--out", str(pki), "--sites", str(len(SITES)), "--server-name", server.ip)
-        kits = json.loads((pki / "kits.json").read_text())
+        # the coordinator provisions and packages (its own machine; here: the test's folder, outside every host)
+        pki, packages = root / "pki", root / "packages"
+        fedtune("provision", "--out", str(pki), *[a for s, org in SITES.items() for a in ("--site", f"{s}@{org}")],
+                "--server-name", server.ip, "--packages", str(packages))
+        admin_name = Path(json.loads((pki / "kits.json").read_text())["admin"]).name
+        net.kits = {"server": unpack(packages, server.ip, server), "admin": unpack(packages, admin_name, admin)}
+        # each organisation's own data (synthetic shares of one data set, one per site)
         fedtune("prepare-data", "sentiment", "--out", str(root / "data"), "--sites", str(len(SITES) + 1),
                 "--samples", "240")
-        copy_kit(Path(kits["server"]), server.folder / "kit", server=True)
-        copy_kit(Path(kits["admin"]), admin.folder / "kit")
-        for s, host in sites.items():
-            copy_kit(Path(kits["sites"][s]), host.folder / "kit")
-            shutil.copytree(root / "data" / s, host.folder / "data")
+        for k, (s, host) in enumerate(sites.items(), 1):
+            net.kits[s] = unpack(packages, s, host)
+            shutil.copytree(root / "data" / f"site-{k}", host.folder / "data")
 
         host_firewall(server, {FL_PORT: None, ADMIN_PORT: admin.ip})
         for host in [*sites.values(), admin]:
             host_firewall(host)
 
-        proc = net.start(server, ["server", "--kit", str(server.folder / "kit")], "server")
+        proc = net.start(server, ["server", "--kit", str(net.kits["server"])], "server")
         wait_for(server.folder / "server.log", READY["server"], proc)
-        clients = {s: net.start(h, ["client", "--kit", str(h.folder / "kit"), "--data", str(h.folder / "data")],
+        clients = {s: net.start(h, ["client", "--kit", str(net.kits[s]), "--data", str(h.folder / "data")],
                                 "client") for s, h in sites.items()}
         for s, h in sites.items():
             wait_for(h.folder / "client.log", READY["client"], clients[s])
-        net.listen(sites["site-1"], LISTENER)   # a careless service on a site: still unreachable from outside
+        net.listen(sites["lab-a"], LISTENER)   # a careless service on a site: still unreachable from outside
         yield net, pki, root, clients
     finally:
         net.close()
@@ -128,16 +120,18 @@ def test_each_host_holds_only_its_own_kit(federation):
     assert key_files(net.hosts["server"].folder) == {"server.key"}
     assert key_files(net.hosts["admin"].folder) == {"client.key"}    # NVFlare names the admin's key so too
     for s in SITES:
-        folder = net.hosts[s].folder
-        assert key_files(folder) == {"client.key"}
-        assert json.loads((folder / "kit/startup/fed_client.json").read_text())["client"]["fqsn"] == s
-        assert not (folder / "kit/startup/fed_admin.json").exists()
+        kit = net.kits[s]
+        assert key_files(net.hosts[s].folder) == {"client.key"}
+        assert json.loads((kit / "startup/fed_client.json").read_text())["client"]["fqsn"] == s
+        assert not (kit / "startup/fed_admin.json").exists()
+    keys = [p.read_bytes() for p in net.root.glob("hosts/*/**/*.key")]
+    assert len(keys) == len(set(keys)) == len(SITES) + 2, "every host its own, different private key"
 
 
 def test_a_site_reaches_the_fl_port_only(federation):
     net, *_ = federation
     server, admin = net.hosts["server"], net.hosts["admin"]
-    site1, site2 = net.hosts["site-1"], net.hosts["site-2"]
+    site1, site2 = net.hosts["lab-a"], net.hosts["hospital-b"]
     assert net.can_connect(site1, site1.ip, LISTENER), "the listener answers on its own host"
     for src in (site1, site2):
         assert net.can_connect(src, server.ip, FL_PORT), f"{src.name} -> FL port"
@@ -157,15 +151,20 @@ def test_a_job_trains_across_the_hosts(federation, tiny_text_trunk):
 def test_a_new_site_joins_without_restarting_the_others(federation, tiny_text_trunk):
     net, pki, root, clients = federation
     server_pid = net.procs[0].pid
-    kit = add_site(pki, net.hosts["server"].ip)
+    # the coordinator issues a kit from the same root CA and packages it; nobody else's kit changes
+    issued = lambda: json.loads((pki / "kits.json").read_text())["sites"]
+    before = issued()
+    fedtune("provision", "--out", str(pki), "--add-site", f"{NEW_SITE}@{NEW_ORG}")
+    fedtune("package", "--pki", str(pki), "--out", str(root / "packages-2"), "--participant", NEW_SITE)
+    assert {s: k for s, k in issued().items() if s != NEW_SITE} == before, "the other kits stay as issued"
     host = net.add_host(NEW_SITE)
-    copy_kit(kit, host.folder / "kit")
-    shutil.copytree(root / "data" / NEW_SITE, host.folder / "data")
+    kit = unpack(root / "packages-2", NEW_SITE, host)
+    shutil.copytree(root / "data" / f"site-{len(SITES) + 1}", host.folder / "data")
     host_firewall(host)
     assert key_files(host.folder) == {"client.key"}
+    assert (kit / "startup/rootCA.pem").read_bytes() == (net.kits["server"] / "startup/rootCA.pem").read_bytes()
 
-    proc = net.start(host, ["client", "--kit", str(host.folder / "kit"), "--data", str(host.folder / "data")],
-                     "client")
+    proc = net.start(host, ["client", "--kit", str(kit), "--data", str(host.folder / "data")], "client")
     wait_for(host.folder / "client.log", READY["client"], proc)
     summary = submit(net, tiny_text_trunk, "multihost-2", min_sites=len(SITES) + 1)
     assert set(summary["sites"]) == {*SITES, NEW_SITE}, summary
@@ -174,5 +173,5 @@ def test_a_new_site_joins_without_restarting_the_others(federation, tiny_text_tr
     for s, client in clients.items():
         assert client.poll() is None, f"{s} stopped"
         assert (net.hosts[s].folder / "client.log").read_text().count(READY["client"]) == 1, s
-    assert not net.can_connect(host, net.hosts["site-1"].ip, LISTENER)
+    assert not net.can_connect(host, net.hosts["lab-a"].ip, LISTENER)
     assert not net.can_connect(host, net.hosts["server"].ip, ADMIN_PORT)
