@@ -81,5 +81,27 @@ def test_named_server_site_and_admin_of_different_organisations(tmp_path, make_s
         finally:
             session.close()
         assert clients == ["lab-a"]
+
+        # retiring lab-a: the server refuses it from now on, a restarted lab-a included (its cert is still valid)
+        carol = str(fed.kits.admins["carol@uni.edu"])
+        p = subprocess.run(fedtune_command("site", "retire", "lab-a", "--admin-kit", carol), capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 0 and "retired" in p.stdout, p.stderr
+        fed.kill_site("lab-a")
+        fed.start_site("lab-a", data)
+        fed._wait_for("server", "Reject disabled client registration: lab-a", 120)
+        session = open_session(fed.kits.admins["carol@uni.edu"])
+        try:
+            assert [c.name for c in session.get_system_info().client_info] == []
+        finally:
+            session.close()
+        disabled = json.loads((fed.kits.server / "disabled_clients.json").read_text())
+        assert disabled["disabled_clients"] == ["lab-a"]
+        p = subprocess.run(fedtune_command("site", "retire", "lab-a", "--admin-kit", carol, "--undo"),
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0 and "enabled again" in p.stdout, p.stderr
+        p = subprocess.run(fedtune_command("site", "retire", "../x", "--admin-kit", carol), capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 2
     finally:
         fed.stop()

@@ -13,7 +13,7 @@ from .local import fail
 
 ca_app = typer.Typer(help="The federation's root CA (coordinator only): back up, restore, sign a site's request.",
                      no_args_is_help=True)
-site_app = typer.Typer(help="A site joining with its own key: make a certificate request, assemble the kit.",
+site_app = typer.Typer(help="A site joining with its own key (request, assemble), or leaving (retire).",
                        no_args_is_help=True)
 app.add_typer(ca_app, name="ca")
 app.add_typer(site_app, name="site")
@@ -163,3 +163,22 @@ def site_assemble(
     except _errors() as exc:
         fail(str(exc))
     typer.echo(f"kit: {kit}")
+
+
+@site_app.command("retire")
+def site_retire(
+    name: Annotated[str, typer.Argument(help="the site to retire")],
+    admin_kit: Annotated[Path, typer.Option(help="an admin's startup kit folder")],
+    undo: Annotated[bool, typer.Option(help="let the site in again")] = False,
+):
+    """Make the running server refuse a site from now on (NVFlare's disable_client: its session ends, a new
+    registration under its name is rejected, also after a server restart). NVFlare has no revocation: the
+    site's certificate itself stays valid until it expires (see docs/deploy.md, retiring a site)."""
+    from fedtune.fl.pki import retire_site
+    try:
+        result = retire_site(admin_kit, name, undo)
+    except (*_errors(), ValueError, RuntimeError) as exc:
+        fail(str(exc))
+    except Exception as exc:        # the admin API's connection and command errors
+        fail(f"the server did not do it: {exc}")
+    typer.echo(f"{name}: {'enabled again' if undo else 'retired'} ({result})")

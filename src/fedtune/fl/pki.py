@@ -242,3 +242,19 @@ def reissue(out: str | Path, names: list[str]) -> Kits:
             kits.admin = kits.admins[next(iter(kits.admins))]
     (out / "kits.json").write_text(json.dumps(kits.to_dict(), indent=2))
     return kits
+
+
+# ---- retiring a site ----------------------------------------------------------------------------------------
+def retire_site(admin_kit: str | Path, name: str, undo: bool = False) -> dict:
+    """Tell the running server (admin channel, mTLS) to refuse site `name` from now on: its session ends, and
+    any registration under that name is rejected; kept in the server kit's disabled_clients.json across
+    restarts. Not a revocation: the site's certificate stays valid (for a server that does not keep that file)
+    until it expires. `undo` lets the site in again."""
+    from .participants import check_site
+    from .submit import open_session
+    check_site(name)
+    session = open_session(Path(admin_kit))
+    try:
+        return session.enable_client(name) if undo else session.disable_client(name)
+    finally:
+        session.close()
