@@ -94,13 +94,15 @@ class Network:
         self.hosts[name] = host = Host(name, ns, ip, folder)
         return host
 
-    def start(self, host: Host, args: list[str], log: str, env: dict | None = None) -> subprocess.Popen:
-        """`python -m fedtune ARGS` in `host`'s namespace, working directory its folder, output to its log."""
+    def start(self, host: Host, cmd: list[str], log: str, env: dict | None = None) -> subprocess.Popen:
+        """`cmd` in `host`'s namespace (this Python's `fedtune` first on PATH), working directory its folder,
+        output to its log."""
         out = (host.folder / f"{log}.log").open("a")
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-        proc = subprocess.Popen(host.exec(sys.executable, "-m", "fedtune", *args), stdout=out,
-                                stderr=subprocess.STDOUT, env=env, cwd=host.folder, start_new_session=True)
+        proc = subprocess.Popen(host.exec(*cmd), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=host.folder,
+                                start_new_session=True)
         self.procs.append(proc)
         return proc
 

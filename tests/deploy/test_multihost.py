@@ -5,8 +5,11 @@ data; firewalled as docs/deploy.md says ("Running a federation across organisati
 FL port from anywhere and its admin port only from the admin host; sites and the admin accept no inbound
 connection. The server is provisioned with its address as its name (the kits dial it; its certificate names it).
 
-Real processes per host (`fedtune server`, `fedtune client`, `fedtune submit`), real NVFlare provisioning and
-mTLS over the namespaces' network. A job trains across them; the reachability a site has is checked; then a
+Each role starts as its compose project (deploy/<role>/) starts it, minus the container: the image's entrypoint
+(services/server/entrypoint.sh, services/client/entrypoint.sh, services/server/submit.sh) with the project's
+environment (FEDTUNE_KIT, FEDTUNE_DATA, FEDTUNE_SITE, FEDTUNE_MIN_SITES, ...), so real `fedtune server`,
+`fedtune client`, `fedtune submit` and `fedtune export` processes, real NVFlare provisioning and mTLS over the
+namespaces' network. A job trains across them; the reachability a site has is checked; then a
 fourth organisation gets a kit from the same root CA (`fedtune provision --add-site`, `fedtune package`), joins
 without any other process being restarted, and takes part in a second job. Needs root, iproute2 and iptables
 (skipped with the reason otherwise)."""
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy_helpers import REPO
 from netns import Network, host_firewall
 
 pytestmark = pytest.mark.slow
@@ -32,6 +36,8 @@ LISTENER = 9000
 SITES = {"lab-a": "acme", "hospital-b": "uni", "bank-c": "fin"}      # site -> organisation
 NEW_SITE, NEW_ORG = "clinic-d", "med"
 READY = {"server": "Server started", "client": "Successfully registered client"}
+ENTRYPOINT = {role: ["bash", str(REPO / "services" / path)] for role, path in
+              {"server": "server/entrypoint.sh", "site": "client/entrypoint.sh", "admin": "server/submit.sh"}.items()}
 
 
 def fedtune(*args: str) -> str:
@@ -60,17 +66,28 @@ def key_files(folder: Path) -> set[str]:
     return {p.name for p in folder.rglob("*") if p.suffix == ".key" or p.name == "cert.json"}
 
 
+def start_site(net: Network, site: str):
+    host = net.hosts[site]
+    return net.start(host, ENTRYPOINT["site"], "client", {"FEDTUNE_KIT": str(net.kits[site]),
+                                                         "FEDTUNE_DATA": str(host.folder / "data"),
+                                                         "FEDTUNE_SITE": site})
+
+
 def submit(net: Network, trunk: Path, name: str, min_sites: int) -> dict:
+    """The admin project's one-shot: submit, follow, download, export; returns the job's summary."""
     admin = net.hosts["admin"]
     log = admin.folder / f"submit-{name}.log"
-    proc = net.start(admin, ["submit", "sentiment", "--admin-kit", str(net.kits["admin"]),
-                             "--out", str(admin.folder / "results"), "--name", name, "--rounds", "1",
-                             "--local-epochs", "1", "--trunk", str(trunk), "--trunk-mode", "full",
-                             "--min-sites", str(min_sites), "--grace", "60", "--batch-size", "16",
-                             "--timeout", "900"], f"submit-{name}")
+    bundles = admin.folder / "bundles" / name
+    bundles.mkdir(parents=True)
+    env = {"FEDTUNE_KIT": str(net.kits["admin"]), "FEDTUNE_RESULTS": str(admin.folder / "results"),
+           "FEDTUNE_BUNDLES": str(bundles), "FEDTUNE_MIN_SITES": str(min_sites), "FEDTUNE_KINDS": "sentiment",
+           "FEDTUNE_PROFILE": "tiny", "FEDTUNE_SENTIMENT_MODE": "full", "FEDTUNE_JOB_TIMEOUT": "900",
+           "FEDTUNE_SUBMIT_ARGS": f"--trunk {trunk} --name {name} --grace 60 --batch-size 16"}
+    proc = net.start(admin, ENTRYPOINT["admin"], f"submit-{name}", env)
     assert proc.wait(timeout=1200) == 0, log.read_text()[-5000:]
     result = re.findall(r"^result: (.+)$", log.read_text(), re.M)
     assert result, log.read_text()[-3000:]
+    assert (bundles / "sentiment" / "manifest.json").is_file(), "the admin exported a bundle"
     from fedtune.fl.submit import find_fedtune_dir
     return json.loads((find_fedtune_dir(Path(result[-1])) / "summary.json").read_text())
 
@@ -103,10 +120,9 @@ def federation(tmp_path_factory, tiny_text_trunk):
         for host in [*sites.values(), admin]:
             host_firewall(host)
 
-        proc = net.start(server, ["server", "--kit", str(net.kits["server"])], "server")
+        proc = net.start(server, ENTRYPOINT["server"], "server", {"FEDTUNE_KIT": str(net.kits["server"])})
         wait_for(server.folder / "server.log", READY["server"], proc)
-        clients = {s: net.start(h, ["client", "--kit", str(net.kits[s]), "--data", str(h.folder / "data")],
-                                "client") for s, h in sites.items()}
+        clients = {s: start_site(net, s) for s in sites}
         for s, h in sites.items():
             wait_for(h.folder / "client.log", READY["client"], clients[s])
         net.listen(sites["lab-a"], LISTENER)   # a careless service on a site: still unreachable from outside
@@ -164,7 +180,8 @@ def test_a_new_site_joins_without_restarting_the_others(federation, tiny_text_tr
     assert key_files(host.folder) == {"client.key"}
     assert (kit / "startup/rootCA.pem").read_bytes() == (net.kits["server"] / "startup/rootCA.pem").read_bytes()
 
-    proc = net.start(host, ["client", "--kit", str(kit), "--data", str(host.folder / "data")], "client")
+    net.kits[NEW_SITE] = kit
+    proc = start_site(net, NEW_SITE)
     wait_for(host.folder / "client.log", READY["client"], proc)
     summary = submit(net, tiny_text_trunk, "multihost-2", min_sites=len(SITES) + 1)
     assert set(summary["sites"]) == {*SITES, NEW_SITE}, summary
