@@ -105,3 +105,26 @@ def test_named_server_site_and_admin_of_different_organisations(tmp_path, make_s
         assert p.returncode == 2
     finally:
         fed.stop()
+
+
+def test_the_server_certificate_is_rotated_without_new_site_kits(tmp_path, make_sites):
+    """`provision --reissue <server>`: the server restarts from its new kit (new key, same root CA, same name);
+    the sites keep their kits. A running site's session token was signed with the old server key: the new
+    server rejects it ("invalid auth token signature") and NVFlare does not re-register on its own, so every
+    site process is restarted (same kit) after a server rotation."""
+    data = make_sites(tmp_path / "data", 1)["site-1"]
+    with LocalFederation(tmp_path / "fed", {"lab-a": data}, quiet=True) as fed:
+        site_pid, site_kit = fed.procs["lab-a"].pid, fed.kits.sites["lab-a"]
+        p = subprocess.run(fedtune_command("provision", "--out", str(fed.kits.root), "--reissue", fed.kits.server_name),
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        new = json.loads((fed.kits.root / "kits.json").read_text())
+        assert new["server"] != str(fed.kits.server) and new["sites"]["lab-a"] == str(site_kit)
+        fed.kill_site("server")
+        fed._start("server", ["server", "--kit", new["server"]])
+        fed._wait_for("server", "invalid auth token signature", 180)     # the old session's token
+        assert fed.procs["lab-a"].pid == site_pid
+        fed.kill_site("lab-a")
+        fed.start_site("lab-a", data)                                    # the same, unchanged kit
+        fed._wait_for("lab-a", READY["client"], 180, seen=1)             # registered with the new server
+        assert json.loads((fed.kits.root / "kits.json").read_text())["sites"]["lab-a"] == str(site_kit)
