@@ -11,7 +11,7 @@ import pytest
 from deploy_helpers import REPO
 from test_k8s_manifests import VERSIONS, by_kind, containers, pod_spec, render
 
-ROLES = {role: REPO / "k8s" / "roles" / role for role in ("server", "site", "admin")}
+ROLES = {role: REPO / "k8s" / "roles" / role for role in ("server", "server-no-serving", "site", "admin")}
 DNS = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
 
 
@@ -114,3 +114,13 @@ def test_roles_run_the_same_containers_as_the_single_cluster_manifests(roles, al
             assert mine[main].get(key) == ref[main].get(key), (name, key)
         assert mine["unpack-kit"] == ref["unpack-kit"], name
         assert pod_spec(role_obj)["securityContext"] == pod_spec(base_obj)["securityContext"], name
+
+
+def test_the_coordinator_can_leave_serving_out(roles):
+    docs, full = roles["server-no-serving"], roles["server"]
+    assert {name for kind, name in kinds(docs) if kind in ("Deployment", "Job")} == {"fl-server"}
+    assert secrets_used(docs) == {"fedtune-kit-server"}, "no inference keys needed"
+    assert "fedtune-bundles" not in by_kind(docs, "PersistentVolumeClaim")
+    for kind in ("Service", "NetworkPolicy"):   # the server's own objects as in the full role
+        for name, obj in by_kind(docs, kind).items():
+            assert obj == by_kind(full, kind)[name], (kind, name)
