@@ -33,13 +33,15 @@ COMMANDS = {
 Open the federated-learning port {fl_port}/tcp to every site, and the admin port {admin_port}/tcp only to
 where the admins sit. The server's name as the sites reach it is `{server}` (its certificate's CN/SANs).
 
-Containers (one compose project, run by the coordinator alone):
+Containers: the compose project deploy/server/ of the same fedtune release (its header lists every setting),
+run by the coordinator alone, with this folder unpacked beside its compose.yaml:
 
-    docker compose --project-directory deploy/server up -d        # deploy/server/compose.yaml (later step)
+    cd deploy/server && tar -xzf {name}.tar.gz
+    FEDTUNE_KIT=./{name} FEDTUNE_FL_PORT={fl_port} FEDTUNE_ADMIN_PORT={admin_port} docker compose up -d
 
-Kubernetes (the coordinator's part of the federation, its own cluster):
+Kubernetes (the coordinator's own cluster; the kit goes into a Secret, see the header of the kustomization):
 
-    kubectl apply -k deploy/server/                                # kustomize overlay (later step)
+    kubectl apply -k k8s/roles/server
 """,
     "site": """\
     fedtune client --kit {name} --data /path/to/{name}-data
@@ -47,27 +49,30 @@ Kubernetes (the coordinator's part of the federation, its own cluster):
 The site only opens an outbound connection to {server}:{fl_port} (the server's federated-learning port);
 nothing needs to reach the site. Its data never leaves it.
 
-Containers (one compose project, run by this organisation alone):
+Containers: the compose project deploy/site/ of the same fedtune release (its header lists every setting),
+run by this organisation alone, with this folder and the site's data beside its compose.yaml:
 
-    FEDTUNE_SITE={name} docker compose --project-directory deploy/site up -d   # deploy/site/compose.yaml (later step)
+    cd deploy/site && tar -xzf {name}.tar.gz
+    FEDTUNE_KIT=./{name} FEDTUNE_DATA=./data FEDTUNE_SITE={name} FEDTUNE_FL_PORT={fl_port} docker compose up -d
 
-Kubernetes (this organisation's own cluster):
+Kubernetes (this organisation's own cluster; the kit goes into a Secret, see the header of the kustomization):
 
-    kubectl apply -k deploy/site/                                  # kustomize overlay (later step)
+    kubectl apply -k k8s/roles/site
 """,
     "admin": """\
-    fedtune submit fitness --admin-kit {name} --out results
+    fedtune submit fitness --admin-kit {name} --out results --min-sites <number of sites>
     fedtune export --result results/<job id> --out bundle
 
 The admin connects to {server}:{admin_port} (the server's admin port) only.
 
-Containers:
+Containers: the compose project deploy/admin/ of the same fedtune release (its header lists every setting):
 
-    docker compose --project-directory deploy/admin run --rm submit  # deploy/admin/compose.yaml (later step)
+    cd deploy/admin && tar -xzf {name}.tar.gz
+    FEDTUNE_KIT=./{name} FEDTUNE_MIN_SITES=<number of sites> docker compose run --rm submitter
 
-Kubernetes:
+Kubernetes (the kit goes into a Secret, see the header of the kustomization):
 
-    kubectl apply -k deploy/admin/                                 # kustomize overlay (later step)
+    kubectl apply -k k8s/roles/admin
 """,
 }
 
