@@ -76,13 +76,14 @@ def test_a_site_reserves_its_gpus_and_runs_without_one_with_the_cpu_override(com
     assert not cpu.get("deploy", {}).get("resources", {}).get("reservations")
 
 
-def test_a_site_without_dns_pins_the_server_name_and_says_what_is_missing(compose_bin):
+@pytest.mark.parametrize("role,service", [("site", "site"), ("admin", "submitter")])
+def test_without_dns_the_server_name_is_pinned_and_a_missing_address_named(compose_bin, role, service):
     files = ("compose.yaml", "compose.no-dns.yaml")
-    site = render(compose_bin, "site", {"FEDTUNE_SERVER": "fl.example.org", "FEDTUNE_SERVER_IP": "203.0.113.10"},
-                  files=files)["services"]["site"]
-    assert site["extra_hosts"] in (["fl.example.org=203.0.113.10"], ["fl.example.org:203.0.113.10"],
-                                   {"fl.example.org": ["203.0.113.10"]}, {"fl.example.org": "203.0.113.10"})
-    res = run_config(compose_bin, "site", {"FEDTUNE_SERVER": "fl.example.org"}, files=files)
+    env = {"FEDTUNE_SERVER": "fl.example.org", "FEDTUNE_MIN_SITES": "2"}
+    svc = render(compose_bin, role, {**env, "FEDTUNE_SERVER_IP": "203.0.113.10"}, files=files)["services"][service]
+    assert svc["extra_hosts"] in (["fl.example.org=203.0.113.10"], ["fl.example.org:203.0.113.10"],
+                                  {"fl.example.org": ["203.0.113.10"]}, {"fl.example.org": "203.0.113.10"})
+    res = run_config(compose_bin, role, env, files=files)
     assert res.returncode != 0 and "the server's IP address" in res.stderr
 
 
