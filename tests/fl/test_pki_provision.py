@@ -194,6 +194,7 @@ def test_reissue_gives_a_new_key_and_certificate_and_keeps_the_rest(tmp_path):
     from cryptography import x509
     out = tmp_path / "pki"
     kits = provision(out, ["lab-a@acme", "hospital-b@uni"])
+    (kits.server / "disabled_clients.json").write_text('{"disabled_clients": ["gone"]}')   # a retired site
     old = snapshot(kits.server.parent)
     root = x509.load_pem_x509_certificate((kits.server / "startup" / "rootCA.pem").read_bytes())
     assert (root.not_valid_after_utc - root.not_valid_before_utc).days == 3650     # not NVFlare's 360
@@ -213,6 +214,7 @@ def test_reissue_gives_a_new_key_and_certificate_and_keeps_the_rest(tmp_path):
         cert.verify_directly_issued_by(root)                     # same root CA
         assert (after / "startup" / "rootCA.pem").read_bytes() == (kits.server / "startup" / "rootCA.pem").read_bytes()
     assert (new.server / "local" / "resources.json").is_file()
+    assert json.loads((new.server / "disabled_clients.json").read_text()) == {"disabled_clients": ["gone"]}
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == sorted([f"{kits.server_name}.tar.gz", "lab-a.tar.gz"])
     assert len(list((out / "ca-backups").iterdir())) >= 1
     proc = fedtune("provision", "--out", str(out), "--reissue", "nobody")

@@ -32,6 +32,7 @@ from .provision import PROJECT, Kits, ProvisionError, back_up_ca, ca_state, keep
 log = logging.getLogger(__name__)
 WARN_DAYS = 30
 CONFIGS = {"fed_server.json": "server", "fed_client.json": "site", "fed_admin.json": "admin"}
+DISABLED = "disabled_clients.json"     # NVFlare's list of retired sites, in the server kit
 BACKUP_MEMBERS = ("workspace/fedtune/state/cert.json", "project.yml", "kits.json")
 
 
@@ -233,8 +234,11 @@ def reissue(out: str | Path, names: list[str]) -> Kits:
     for name in names:
         role, _ = everyone[name]
         if role == "server":
+            retired = kits.server / DISABLED
             kits.server = prod / name
             keep_storage_in_kit(kits.server)
+            if retired.is_file():      # the sites retired on the old server stay retired on the new one
+                _write_private(kits.server / DISABLED, retired.read_bytes())
         elif role == "site":
             kits.sites[name] = prod / name
         else:
