@@ -18,6 +18,7 @@ import numpy as np
 
 from .sequences import MAX_CHAIN_LENGTH, DataError, chain_problem, normalise
 
+VALUE = "fitness"    # FLAb's CSV column of measured values: a file format name, not the task kind
 FITNESS_TASKS = ("aggregation", "binding", "expression", "immunogenicity", "polyreactivity", "thermostability")
 
 
@@ -61,6 +62,24 @@ class FitnessData:
 
     def antibody_ids(self) -> list[str]:
         return [f"{h}/{l}" for h, l in zip(self.heavy, self.light)]
+
+    # the samples protocol (shared with the other data containers): split unit, lengths, model inputs, union
+    def split_ids(self) -> list[str]:
+        """The split unit: the antibody (duplicates of one heavy+light pair never straddle a split)."""
+        return self.antibody_ids()
+
+    def lengths(self) -> np.ndarray:
+        return np.array([len(h) + len(l) for h, l in zip(self.heavy, self.light)])
+
+    def inputs(self, idx) -> tuple[list[str], list[str]]:
+        """What the model embeds for rows `idx`: (heavy chains, light chains)."""
+        return [self.heavy[i] for i in idx], [self.light[i] for i in idx]
+
+    @classmethod
+    def concat(cls, parts: list["FitnessData"]) -> "FitnessData":
+        """The union of several parts with the same assay list (e.g. every site's training rows)."""
+        return cls([h for p in parts for h in p.heavy], [lt for p in parts for lt in p.light],
+                   np.concatenate([p.labels for p in parts]), list(parts[0].assays))
 
     @property
     def tasks(self) -> list[str]:
@@ -119,9 +138,9 @@ def read_assay_csv(path: Path, max_length: int = MAX_CHAIN_LENGTH) -> list[tuple
     rows = []
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = {"heavy", "light", "fitness"} - set(reader.fieldnames or [])
+        missing = {"heavy", "light", VALUE} - set(reader.fieldnames or [])
         if missing:
-            raise DataError(f"{path}: missing column(s) {sorted(missing)}; expected heavy,light,fitness")
+            raise DataError(f"{path}: missing column(s) {sorted(missing)}; expected heavy,light,{VALUE}")
         for i, row in enumerate(reader, start=2):
             chains = {}
             for col in ("heavy", "light"):
@@ -131,11 +150,11 @@ def read_assay_csv(path: Path, max_length: int = MAX_CHAIN_LENGTH) -> list[tuple
                     raise DataError(f"{path}: row {i}, column {col}: {problem}")
                 chains[col] = seq
             try:
-                value = float(row["fitness"])
+                value = float(row[VALUE])
             except (TypeError, ValueError):
-                raise DataError(f"{path}: row {i}, column fitness: not a number: {row['fitness']!r}") from None
+                raise DataError(f"{path}: row {i}, column {VALUE}: not a number: {row[VALUE]!r}") from None
             if not np.isfinite(value):
-                raise DataError(f"{path}: row {i}, column fitness: not finite: {row['fitness']!r}")
+                raise DataError(f"{path}: row {i}, column {VALUE}: not finite: {row[VALUE]!r}")
             rows.append((chains["heavy"], chains["light"], value))
     return rows
 
@@ -188,7 +207,7 @@ def write_flab(data: FitnessData, root: str | Path) -> Path:
         (root / a.task).mkdir(exist_ok=True)
         with (root / a.task / f"{a.name}.csv").open("w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["heavy", "light", "fitness"])
+            w.writerow(["heavy", "light", VALUE])
             for hv, lt, v in zip(data.heavy, data.light, data.labels[:, j]):
                 if not np.isnan(v):
                     w.writerow([hv, lt, repr(float(v))])
