@@ -151,6 +151,7 @@ def test_report_parts(kind, tmp_path):
 MIGRATED = ["data", "models", "train", "compare.py", "report.py", "demo.py", "cli/local.py", "cli/compare.py",
             "cli/demo.py", "cli/__init__.py"]
 SHIMS = {"models/__init__.py"}   # compatibility names kept for fl/ and bundle.py until the next step
+FORMATS = {"data/flab.py"}       # the FLAb file format's own value column is called "fitness"
 
 
 def test_no_kind_is_named_in_code_outside_the_registry():
@@ -161,9 +162,9 @@ def test_no_kind_is_named_in_code_outside_the_registry():
     for entry in MIGRATED:
         for path in ([SRC / entry] if entry.endswith(".py") else sorted((SRC / entry).rglob("*.py"))):
             rel = str(path.relative_to(SRC))
-            if rel in SHIMS:
+            if rel in SHIMS | FORMATS:
                 continue
             for n, line in enumerate(path.read_text().splitlines(), 1):
-                if pattern.search(line) and "help=" not in line and "file format name" not in line:
+                if pattern.search(line) and "help=" not in line:
                     found.append(f"{rel}:{n}: {line.strip()}")
     assert not found, "\n".join(found)

@@ -18,7 +18,6 @@ import numpy as np
 
 from .sequences import MAX_CHAIN_LENGTH, DataError, chain_problem, normalise
 
-VALUE = "fitness"    # FLAb's CSV column of measured values: a file format name, not the task kind
 FITNESS_TASKS = ("aggregation", "binding", "expression", "immunogenicity", "polyreactivity", "thermostability")
 
 
@@ -138,9 +137,9 @@ def read_assay_csv(path: Path, max_length: int = MAX_CHAIN_LENGTH) -> list[tuple
     rows = []
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = {"heavy", "light", VALUE} - set(reader.fieldnames or [])
+        missing = {"heavy", "light", "fitness"} - set(reader.fieldnames or [])
         if missing:
-            raise DataError(f"{path}: missing column(s) {sorted(missing)}; expected heavy,light,{VALUE}")
+            raise DataError(f"{path}: missing column(s) {sorted(missing)}; expected heavy,light,fitness")
         for i, row in enumerate(reader, start=2):
             chains = {}
             for col in ("heavy", "light"):
@@ -150,11 +149,11 @@ def read_assay_csv(path: Path, max_length: int = MAX_CHAIN_LENGTH) -> list[tuple
                     raise DataError(f"{path}: row {i}, column {col}: {problem}")
                 chains[col] = seq
             try:
-                value = float(row[VALUE])
+                value = float(row["fitness"])
             except (TypeError, ValueError):
-                raise DataError(f"{path}: row {i}, column {VALUE}: not a number: {row[VALUE]!r}") from None
+                raise DataError(f"{path}: row {i}, column fitness: not a number: {row['fitness']!r}") from None
             if not np.isfinite(value):
-                raise DataError(f"{path}: row {i}, column {VALUE}: not finite: {row[VALUE]!r}")
+                raise DataError(f"{path}: row {i}, column fitness: not finite: {row['fitness']!r}")
             rows.append((chains["heavy"], chains["light"], value))
     return rows
 
@@ -207,7 +206,7 @@ def write_flab(data: FitnessData, root: str | Path) -> Path:
         (root / a.task).mkdir(exist_ok=True)
         with (root / a.task / f"{a.name}.csv").open("w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["heavy", "light", VALUE])
+            w.writerow(["heavy", "light", "fitness"])
             for hv, lt, v in zip(data.heavy, data.light, data.labels[:, j]):
                 if not np.isnan(v):
                     w.writerow([hv, lt, repr(float(v))])
