@@ -13,10 +13,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
-
-from .data import AssayStats, FitnessData, SentimentData, load_site
-from .models import TrunkConfig, build_model
+from .models import TrunkConfig
+from .tasks import get
 from .train import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -24,15 +22,14 @@ log = logging.getLogger(__name__)
 
 def load_sites(kind: str, site_dirs: dict[str, Path], assays=None, seed: int = 0, val_fraction: float = 0.2):
     """{site: (train, val)} with the very split each site's client makes (same seed, same fraction)."""
-    return {site: load_site(kind, d, assays, seed=seed, val_fraction=val_fraction) for site, d in site_dirs.items()}
+    task = get(kind)
+    return {site: task.load_site(d, assays, seed=seed, val_fraction=val_fraction) for site, d in site_dirs.items()}
 
 
 def concat(parts):
+    """The union of several sites' data (of one kind)."""
     parts = list(parts)
-    if isinstance(parts[0], FitnessData):
-        return FitnessData([h for p in parts for h in p.heavy], [lt for p in parts for lt in p.light],
-                           np.concatenate([p.labels for p in parts]), list(parts[0].assays))
-    return SentimentData([t for p in parts for t in p.texts], np.concatenate([p.labels for p in parts]))
+    return type(parts[0]).concat(parts)
 
 
 def _writer(out: Path | None, run: str, site: str):
@@ -46,8 +43,9 @@ def train_and_evaluate(kind: str, train, vals: dict, trunk_cfg: TrunkConfig, cfg
                        early_stop_on=None):
     """Train on `train` (early stopping on `early_stop_on`, default the union of `vals`) and evaluate on each
     validation split. Returns (model, stats, {site: metrics})."""
-    stats = AssayStats.fit(train) if kind == "fitness" else None
-    model = build_model(kind, trunk_cfg, getattr(train, "assays", None))
+    task = get(kind)
+    stats = task.fit_stats(train)
+    model = task.build_model(trunk_cfg, task.label_table(train))
     trainer = Trainer(model, cfg, stats, writer=writer)
     trainer.fit(train, early_stop_on if early_stop_on is not None else concat(vals.values()))
     if writer is not None:
@@ -81,11 +79,10 @@ def federated_run(fed, job, out: Path | None = None) -> dict:
     import json
 
     from .fl.submit import find_fedtune_dir
-    from .train.metrics import key_metric
 
     result = fed.run(job)
     summary = json.loads((find_fedtune_dir(result) / "summary.json").read_text())
-    key = key_metric(job.kind)
+    key = get(job.kind).key_metric
     curves = {site: [r["sites"].get(site, {}).get(key) for r in summary["rounds"]] for site in summary["sites"]}
     if out is not None:
         for site, ys in curves.items():
@@ -112,7 +109,7 @@ def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: b
     kind = first.kind
     results = {"kind": kind, "sites": sorted(site_dirs), "runs": {}, "curves": {}, "costs": {}, "results": {},
                "notes": [f"{len(site_dirs)} sites; validation: each site's own split ({first.val_fraction:.0%} "
-                         f"of its {'antibodies' if kind == 'fitness' else 'sentences'}, seed {first.seed})",
+                         f"of its {get(kind).sample_noun}, seed {first.seed})",
                          f"trunk {first.trunk.get('source')} ({first.trunk.get('mode')}); federated: "
                          f"{first.rounds} rounds x {first.local_epochs} local epochs; local and pooled: "
                          f"{first.rounds * first.local_epochs} epochs with early stopping"]}

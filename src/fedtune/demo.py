@@ -1,12 +1,13 @@
-"""`fedtune demo`: the whole product on one machine, end to end.
+"""`fedtune demo`: the whole product on one machine, end to end, for every task kind that declares demo
+defaults (`fedtune.tasks`: the antibody and financial-text kinds today).
 
-1. site data: three site folders, each with a fitness and a sentiment data set (deterministic synthetic data
-   by default; real FLAb / Financial PhraseBank folders with `flab=` / `fpb=`)
+1. site data: three site folders, each with one data set per kind (deterministic synthetic data by default;
+   real data folders by each kind's source name, e.g. `sources={"flab": ..., "fpb": ...}`)
 2. a federation: real NVFlare provisioning (root CA, startup kits), the server and one client process per site
    on loopback with mutual TLS
-3. a fitness job (AntiBERTy, frozen trunk, shared heads) and a sentiment job (MiniLM, LoRA), each compared with
-   every site alone and with pooled data: report folders with a Markdown table and plots
-4. both jobs exported as bundles, `fedtune serve` started on them, a few predictions over HTTP
+3. one job per kind (its demo trunk and mode), each compared with every site alone and with pooled data:
+   report folders with a Markdown table and plots
+4. every job exported as a bundle, `fedtune serve` started on them, a few predictions over HTTP
 
 Everything lives under `workdir`; processes are stopped on the way out, Ctrl-C included.
 """
@@ -20,75 +21,78 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 from pathlib import Path
 
-from .data import SYNTHETIC_ASSAYS, load_assays, prepare_sites
 from .fl.config import JobConfig
-from .train.config import DEFAULT_TRUNK
+from .tasks import get, kinds
 
-SAMPLE_ANTIBODIES = [
-    {"id": "trastuzumab",
-     "heavy": "EVQLVESGGGLVQPGGSLRLSCAASGFNIKDTYIHWVRQAPGKGLEWVARIYPTNGYTRYADSVKGRFTISADTSKNTAYLQMNSLRAEDTAVYYCSRWGG"
-              "DGFYAMDYWGQGTLVTVSS",
-     "light": "DIQMTQSPSSLSASVGDRVTITCRASQDVNTAVAWYQQKPGKAPKLLIYSASFLYSGVPSRFSGSRSGTDFTLTISSLQPEDFATYYCQQHYTTPPTFG"
-              "QGTKVEIK"},
-    {"id": "pembrolizumab",
-     "heavy": "QVQLVQSGVEVKKPGASVKVSCKASGYTFTNYYMYWVRQAPGQGLEWMGGINPSNGGTNFNEKFKNRVTLTTDSSTTTAYMELKSLQFDDTAVYYCARRD"
-              "YRFDMGFDYWGQGTTVTVSS",
-     "light": "EIVLTQSPATLSLSPGERATLSCRASKGVSTSGYSYLHWYQQKPGQAPRLLIYLASYLESGVPARFSGSGSGTDFTLTISSLEPEDFAVYYCQHSRDLP"
-              "LTFGGGTKVEIK"},
-]
-SAMPLE_TEXTS = [
-    "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn in the corresponding period in 2007.",
-    "The company said it will cut 300 jobs after sales fell sharply.",
-    "The annual general meeting will be held in Helsinki on 20 March.",
-]
+KIND_FIELDS = ("samples", "rounds", "local_epochs", "trunk", "mode")
+
+
+def demo_kinds() -> list[str]:
+    """The kinds `fedtune demo` runs, in registry order."""
+    return [k for k in kinds() if get(k).demo is not None]
 
 
 @dataclass
-class DemoSettings:
-    """Defaults sized for a 2-core CPU machine: about five minutes end to end."""
-    sites: int = 3
-    fitness_samples: int = 300       # synthetic data only
-    sentiment_samples: int = 300     # synthetic data only
-    fitness_rounds: int = 3
-    fitness_local_epochs: int = 10   # frozen trunk: only the heads train, on cached embeddings
-    sentiment_rounds: int = 2
-    sentiment_local_epochs: int = 1
-    fitness_trunk: str = DEFAULT_TRUNK["fitness"]
-    sentiment_trunk: str = DEFAULT_TRUNK["sentiment"]
-    fitness_mode: str = "frozen"
-    sentiment_mode: str = "lora"
-    heads: str = "shared"           # frozen trunk: with private heads nothing would travel
-    alpha: float = 1.0
-    seed: int = 0
-    port: int = 8000
+class KindSettings:
+    samples: int          # synthetic data only
+    rounds: int
+    local_epochs: int
+    trunk: str
+    mode: str
+
+
+def _kind_settings(self, kind: str) -> KindSettings:
+    return KindSettings(*(getattr(self, f"{kind}_{f}") for f in KIND_FIELDS))
+
+
+def _settings_class():
+    """DemoSettings: sites, then `<kind>_samples`, `<kind>_rounds`, `<kind>_local_epochs`, `<kind>_trunk`,
+    `<kind>_mode` for every demo kind (defaults from the kind), then the common fields. Defaults are sized for
+    a 2-core CPU machine: about five minutes end to end."""
+    fields: list = [("sites", int, 3)]
+    for kind in demo_kinds():
+        task = get(kind)
+        d = task.demo
+        fields += [(f"{kind}_samples", int, d.samples), (f"{kind}_rounds", int, d.rounds),
+                   (f"{kind}_local_epochs", int, d.local_epochs), (f"{kind}_trunk", str, task.default_trunk),
+                   (f"{kind}_mode", str, d.mode)]
+    fields += [("heads", str, "shared"),     # for kinds with a choice; a frozen trunk with private heads shares nothing
+               ("alpha", float, 1.0), ("seed", int, 0), ("port", int, 8000)]
+    return make_dataclass("DemoSettings", fields, namespace={"kind": _kind_settings, "__module__": __name__})
+
+
+DemoSettings = _settings_class()
 
 
 def say(msg: str) -> None:
     print(f"\n=== {msg}", flush=True)
 
 
-def prepare_data(root: Path, s: DemoSettings, flab: Path | None, fpb: Path | None) -> dict[str, Path]:
-    for kind, source, n in (("fitness", flab, s.fitness_samples), ("sentiment", fpb, s.sentiment_samples)):
-        summary = prepare_sites(kind, root, s.sites, source, alpha=s.alpha, samples=n, seed=s.seed)
+def prepare_data(root: Path, s, sources: dict[str, Path | None]) -> dict[str, Path]:
+    for kind in demo_kinds():
+        task = get(kind)
+        summary = task.prepare_sites(root, s.sites, sources.get(task.demo.source), alpha=s.alpha,
+                                     samples=s.kind(kind).samples, seed=s.seed)
         counts = ", ".join(f"{name} {v['samples']}" for name, v in summary["sites"].items())
         print(f"  {kind}: {summary['source']} -> {counts}", flush=True)
     return {f"site-{i + 1}": root / f"site-{i + 1}" for i in range(s.sites)}
 
 
-def jobs(s: DemoSettings, flab: Path | None) -> tuple[JobConfig, JobConfig]:
-    assays = load_assays(flab) if flab else SYNTHETIC_ASSAYS
-    fitness = JobConfig.create(
-        "fitness", trunk=s.fitness_trunk, mode=s.fitness_mode, assays=assays, seed=s.seed,
-        name=f"fedavg-{s.heads}", rounds=s.fitness_rounds, local_epochs=s.fitness_local_epochs, heads=s.heads,
-        min_sites=s.sites)
-    sentiment = JobConfig.create(
-        "sentiment", trunk=s.sentiment_trunk, mode=s.sentiment_mode, max_length=64, seed=s.seed,
-        name=f"fedavg-{s.sentiment_mode}", rounds=s.sentiment_rounds, local_epochs=s.sentiment_local_epochs,
-        min_sites=s.sites)
-    return fitness, sentiment
+def jobs(s, sources: dict[str, Path | None]) -> list[JobConfig]:
+    """One FedAvg job per demo kind; named by its head mode where the kind has a choice, else by trunk mode."""
+    out = []
+    for kind in demo_kinds():
+        task, k = get(kind), s.kind(kind)
+        heads = s.heads if len(task.head_modes) > 1 else task.head_modes[0]   # JobConfig checks the choice
+        name = f"fedavg-{heads}" if len(task.head_modes) > 1 else f"fedavg-{k.mode}"
+        out.append(JobConfig.create(
+            kind, trunk=k.trunk, mode=k.mode, max_length=task.demo.max_length,
+            assays=task.assays_from(sources.get(task.demo.source)), seed=s.seed, name=name, rounds=k.rounds,
+            local_epochs=k.local_epochs, heads=heads, min_sites=s.sites))
+    return out
 
 
 def _post(url: str, body: dict) -> dict:
@@ -132,30 +136,19 @@ def show_predictions(port: int) -> dict:
     url = f"http://127.0.0.1:{port}"
     with urllib.request.urlopen(f"{url}/v1/models", timeout=30) as r:
         cards = {m["kind"]: m for m in json.loads(r.read())["models"]}
-    sets = cards["fitness"]["head_sets"]
-    asks = ([None] if "global" in sets else []) + [s for s in sets if s != "global"][:2]
-    out = {}
-    for site in asks:
-        body = {"antibodies": SAMPLE_ANTIBODIES, **({"site": site} if site else {})}
-        resp = _post(f"{url}/v1/fitness/predict", body)
-        out[site or "global"] = resp
-        print(f"  fitness scores (oriented z, higher = better), heads: {site or resp['heads']}")
-        for p in resp["predictions"]:
-            scores = " ".join(f"{t}={v:+.2f}" for t, v in p["scores"].items())
-            print(f"    {p['id']:>14}: {scores}")
-    resp = _post(f"{url}/v1/sentiment/predict", {"texts": SAMPLE_TEXTS})
-    out["sentiment"] = resp
-    print("  sentiment (global model):")
-    for text, p in zip(SAMPLE_TEXTS, resp["predictions"]):
-        probs = " ".join(f"{k}={v:.2f}" for k, v in p["probabilities"].items())
-        print(f"    {p['label']:>8} ({probs})  {text[:60]}")
-    example = json.dumps({"antibodies": SAMPLE_ANTIBODIES[:1]})
-    print(f"\n  try it: curl -s {url}/v1/fitness/predict -H 'Content-Type: application/json' -d '{example}'")
+    out, tries = {}, []
+    for kind in demo_kinds():
+        if kind in cards:
+            out.update(get(kind).show_predictions(_post, url, cards[kind]))
+            tries.append(get(kind).try_it(url))
+    for line in filter(None, tries):
+        print(f"\n  try it: {line}")
     return out
 
 
-def run_demo(workdir: str | Path, settings: DemoSettings | None = None, flab: Path | None = None,
-             fpb: Path | None = None, serve: bool = True, keep_serving: bool = False) -> dict:
+def run_demo(workdir: str | Path, settings=None, sources: dict[str, Path | None] | None = None,
+             serve: bool = True, keep_serving: bool = False) -> dict:
+    """`settings`: a DemoSettings; `sources`: real data folders by the kinds' source names (default synthetic)."""
     from .compare import compare
     from .fl.export import export_bundle
     from .fl.federation import LocalFederation
@@ -165,12 +158,12 @@ def run_demo(workdir: str | Path, settings: DemoSettings | None = None, flab: Pa
     work.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     say(f"site data -> {work / 'data'}")
-    site_dirs = prepare_data(work / "data", s, flab, fpb)
-    fitness_job, sentiment_job = jobs(s, flab)
+    sources = sources or {}
+    site_dirs = prepare_data(work / "data", s, sources)
     reports, bundles = {}, {}
     say("federation: NVFlare provisioning, server + sites over mTLS on loopback")
     with LocalFederation(work / "federation", site_dirs) as fed:
-        for job in (fitness_job, sentiment_job):
+        for job in jobs(s, sources):
             say(f"{job.kind}: every site alone, FedAvg ({job.name}), pooled data")
             results = compare(fed, site_dirs, [job], work / "reports" / job.kind)
             reports[job.kind] = work / "reports" / job.kind / "report.md"
@@ -194,7 +187,7 @@ def run_demo(workdir: str | Path, settings: DemoSettings | None = None, flab: Pa
             stop_service(proc)
     say(f"done in {time.monotonic() - start:.0f} s")
     for kind, res in summary["results"].items():
-        key = "mean_pearson" if kind == "fitness" else "accuracy"
+        key = get(kind).key_metric
         line = ", ".join(f"{run} {v.get(key):.3f}" for run, v in res.items() if v.get(key) is not None)
         print(f"  {kind} validation {key} (mean over sites): {line}")
     print(f"  reports: {', '.join(summary['reports'].values())}", flush=True)

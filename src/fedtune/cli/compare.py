@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .local import Kind, Mode, fail
+from .local import KINDS_HELP, Kind, Mode, fail
 
 
 @app.command("compare")
 def compare_cmd(
-    kind: Annotated[Kind, typer.Argument(help="fitness or sentiment")],
+    kind: Annotated[Kind, typer.Argument(help=KINDS_HELP)],
     data: Annotated[Path, typer.Option(help="folder of site folders site-1 ... site-N (`fedtune prepare-data`)")],
     out: Annotated[Path, typer.Option(help="report folder: report.md, results.json, PNG plots, tb/ (TensorBoard)")],
     trunk: Annotated[Optional[str], typer.Option(help="antiberty | minilm | a local Hugging Face encoder folder")] = None,
@@ -35,19 +35,19 @@ def compare_cmd(
     """Train each site alone, federated (real NVFlare federation on loopback, mTLS) and on pooled data;
     write a Markdown report with plots. Several --trunk-mode values compare modes (bytes and time per round)."""
     from fedtune.compare import compare
-    from fedtune.data import load_assays
     from fedtune.fl.config import JobConfig
     from fedtune.fl.federation import LocalFederation
-    from fedtune.train.config import DEFAULT_MODE
+    from fedtune.tasks import get
 
     sites = {p.name: p for p in sorted(data.glob("site-*")) if p.is_dir()}
     if len(sites) < 2:
         fail(f"{data}: need at least two site folders named site-* (see `fedtune prepare-data`)")
-    modes = [m.value for m in trunk_mode] if trunk_mode else [DEFAULT_MODE[kind.value]]
-    head_modes = ["shared", "private"] if heads == "both" else [heads]
-    if kind == Kind.sentiment:
-        head_modes = ["shared"]
-    assays = load_assays(assays_from or next(iter(sites.values()))) if kind == Kind.fitness else []
+    task = get(kind.value)
+    modes = [m.value for m in trunk_mode] if trunk_mode else [task.default_mode]
+    head_modes = list(task.head_modes) if heads == "both" else [heads]
+    if len(task.head_modes) == 1:     # a kind without a choice of head modes
+        head_modes = list(task.head_modes)
+    assays = task.assays_from(assays_from or next(iter(sites.values())))
     jobs = []
     for mode in modes:
         for h in head_modes:

@@ -28,11 +28,12 @@ def demo_cmd(
     """Provision a federation, train fitness + sentiment federated (vs local vs pooled), export, serve."""
     from fedtune.demo import DemoSettings, run_demo
 
+    sources = {"flab": flab, "fpb": fpb}      # by the kinds' source names (fedtune.tasks: demo.source)
     if data is not None:
-        flab = flab or (data / "flab" if (data / "flab").exists() else None)
-        fpb = fpb or (data / "fpb" if (data / "fpb").exists() else None)
-        if flab is None and fpb is None:
-            typer.secho(f"error: {data} holds neither flab/ nor fpb/", fg="red", err=True)
+        sources = {name: given or (data / name if (data / name).exists() else None)
+                   for name, given in sources.items()}
+        if not any(sources.values()):
+            typer.secho(f"error: {data} holds none of {', '.join(f'{n}/' for n in sources)}", fg="red", err=True)
             raise typer.Exit(2)
-    run_demo(workdir, DemoSettings(sites=sites, heads=heads, port=port), flab=flab, fpb=fpb, serve=serve,
+    run_demo(workdir, DemoSettings(sites=sites, heads=heads, port=port), sources=sources, serve=serve,
              keep_serving=keep_serving)

@@ -12,9 +12,13 @@ import typer
 from . import app
 
 
-class Kind(str, Enum):
-    fitness = "fitness"
-    sentiment = "sentiment"
+def _kind_enum() -> type[Enum]:
+    from fedtune.tasks import kinds     # names only: no kind module (nor torch) is imported for --help
+    return Enum("Kind", {k: k for k in kinds()}, type=str)
+
+
+Kind = _kind_enum()
+KINDS_HELP = " or ".join(k.value for k in Kind)
 
 
 class Mode(str, Enum):
@@ -31,7 +35,7 @@ def fail(message: str) -> None:
 
 @app.command("prepare-data")
 def prepare_data(
-    kind: Annotated[Kind, typer.Argument(help="fitness (FLAb) or sentiment (Financial PhraseBank)")],
+    kind: Annotated[Kind, typer.Argument(help=KINDS_HELP)],
     out: Annotated[Path, typer.Option(help="folder to write site-1 ... site-N into")],
     sites: Annotated[int, typer.Option(help="number of sites")] = 3,
     source: Annotated[Optional[Path], typer.Option(
@@ -44,10 +48,11 @@ def prepare_data(
     seed: Annotated[int, typer.Option(help="seed of the split (same seed, same split)")] = 0,
 ):
     """Split a data set over sites and write one site folder each (what `fedtune client --data` reads)."""
-    from fedtune.data import DataError, prepare_sites
+    from fedtune.data import DataError
+    from fedtune.tasks import get
 
     try:
-        summary = prepare_sites(kind.value, out, sites, source, alpha, split, agreement, samples, seed)
+        summary = get(kind.value).prepare_sites(out, sites, source, alpha, split, agreement, samples, seed)
     except (DataError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     for name, site in summary["sites"].items():
@@ -56,7 +61,7 @@ def prepare_data(
 
 @app.command("train-local")
 def train_local_cmd(
-    kind: Annotated[Kind, typer.Argument(help="fitness or sentiment")],
+    kind: Annotated[Kind, typer.Argument(help=KINDS_HELP)],
     data: Annotated[Path, typer.Option(help="a site folder (see `fedtune prepare-data`)")],
     out: Annotated[Path, typer.Option(help="run folder: metrics.json, tb/ (TensorBoard), bundle/")],
     trunk: Annotated[Optional[str], typer.Option(
@@ -76,23 +81,22 @@ def train_local_cmd(
     from fedtune.data import DataError
     from fedtune.publish import PublishError, check_target
     from fedtune.models import TrunkConfig
-    from fedtune.train.config import DEFAULT_MODE, DEFAULT_TRUNK, default_train_config
+    from fedtune.tasks import get
     from fedtune.train.local import train_local
 
-    mode = (trunk_mode.value if trunk_mode else DEFAULT_MODE[kind.value])
-    trunk_cfg = TrunkConfig(source=trunk or DEFAULT_TRUNK[kind.value], mode=mode)
-    cfg = default_train_config(kind.value, mode, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr,
-                               seed=seed, device=device)
+    task = get(kind.value)
+    mode = (trunk_mode.value if trunk_mode else task.default_mode)
+    trunk_cfg = TrunkConfig(source=trunk or task.default_trunk, mode=mode)
+    cfg = task.train_config(mode, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, seed=seed,
+                            device=device)
     try:
         if export:   # before training: OUT/bundle must be absent or an earlier bundle
             check_target(out / "bundle", is_bundle_folder)
-        model, stats, result = train_local(kind.value, data, out, trunk_cfg, cfg, val_fraction=val_fraction)
+        model, stats, result = train_local(task, data, out, trunk_cfg, cfg, val_fraction=val_fraction)
     except (DataError, FileNotFoundError, PublishError) as exc:
         fail(str(exc))
     final = result["final_val"]
-    headline = (f"mean Pearson {final['mean_pearson']:.3f}" if kind == Kind.fitness and final["mean_pearson"] is not None
-                else f"accuracy {final.get('accuracy') or 0:.3f}, macro-F1 {final.get('macro_f1') or 0:.3f}")
-    typer.echo(f"validation: {headline} after {result['epochs_run']} epochs; metrics in {out / 'metrics.json'}")
+    typer.echo(f"validation: {task.headline(final)} after {result['epochs_run']} epochs; metrics in {out / 'metrics.json'}")
     if export:
         bundle = save_bundle(out / "bundle", model, trunk_cfg=trunk_cfg, stats=stats, heads_mode="local",
                              sites=[data.name], metrics={data.name: final},

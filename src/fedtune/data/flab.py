@@ -62,6 +62,24 @@ class FitnessData:
     def antibody_ids(self) -> list[str]:
         return [f"{h}/{l}" for h, l in zip(self.heavy, self.light)]
 
+    # the samples protocol (shared with the other data containers): split unit, lengths, model inputs, union
+    def split_ids(self) -> list[str]:
+        """The split unit: the antibody (duplicates of one heavy+light pair never straddle a split)."""
+        return self.antibody_ids()
+
+    def lengths(self) -> np.ndarray:
+        return np.array([len(h) + len(l) for h, l in zip(self.heavy, self.light)])
+
+    def inputs(self, idx) -> tuple[list[str], list[str]]:
+        """What the model embeds for rows `idx`: (heavy chains, light chains)."""
+        return [self.heavy[i] for i in idx], [self.light[i] for i in idx]
+
+    @classmethod
+    def concat(cls, parts: list["FitnessData"]) -> "FitnessData":
+        """The union of several parts with the same assay list (e.g. every site's training rows)."""
+        return cls([h for p in parts for h in p.heavy], [lt for p in parts for lt in p.light],
+                   np.concatenate([p.labels for p in parts]), list(parts[0].assays))
+
     @property
     def tasks(self) -> list[str]:
         return ordered_tasks(self.assays)

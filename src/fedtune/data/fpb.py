@@ -27,6 +27,22 @@ class SentimentData:
         idx = np.asarray(idx, dtype=np.int64)
         return SentimentData([self.texts[i] for i in idx], self.labels[idx])
 
+    # the samples protocol (shared with the other data containers): split unit, lengths, model inputs, union
+    def split_ids(self) -> list[str]:
+        """The split unit: the sentence."""
+        return list(self.texts)
+
+    def lengths(self) -> np.ndarray:
+        return np.array([len(t) for t in self.texts])
+
+    def inputs(self, idx) -> tuple[list[str]]:
+        """What the model embeds for rows `idx`: (texts,)."""
+        return ([self.texts[i] for i in idx],)
+
+    @classmethod
+    def concat(cls, parts: list["SentimentData"]) -> "SentimentData":
+        return cls([t for p in parts for t in p.texts], np.concatenate([p.labels for p in parts]))
+
     def digest(self) -> str:
         h = hashlib.sha256()
         for t, y in zip(self.texts, self.labels):

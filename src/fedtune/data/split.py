@@ -58,9 +58,8 @@ def split_fitness_sites(data: FitnessData, n_sites: int, alpha: float = 1.0, see
 
 
 def train_val_split(data, val_fraction: float = 0.2, seed: int = 0):
-    """Split FitnessData by antibody or SentimentData by sentence; deterministic under `seed`."""
-    ids = data.antibody_ids() if isinstance(data, FitnessData) else list(data.texts)
-    keys, groups = _groups(ids)
+    """Split by the data's own split unit (`data.split_ids()`: antibody, sentence); deterministic under `seed`."""
+    keys, groups = _groups(data.split_ids())
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(keys))
     n_val = int(round(len(keys) * val_fraction))

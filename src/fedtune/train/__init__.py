@@ -2,6 +2,6 @@
 
 from .config import TrainConfig, resolve_device
 from .loop import Trainer
-from .metrics import fitness_metrics, key_metric, sentiment_metrics
+from .metrics import classification_metrics, regression_metrics
 
-__all__ = ["TrainConfig", "Trainer", "fitness_metrics", "key_metric", "resolve_device", "sentiment_metrics"]
+__all__ = ["TrainConfig", "Trainer", "classification_metrics", "regression_metrics", "resolve_device"]

@@ -38,15 +38,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-DEFAULT_TRUNK = {"fitness": "antiberty", "sentiment": "minilm"}
-DEFAULT_MODE = {"fitness": "frozen", "sentiment": "full"}
-
-
-def default_train_config(kind: str, mode: str, **overrides) -> TrainConfig:
-    """Sensible defaults per task and trunk mode (a frozen trunk only trains small heads: more epochs)."""
-    base = {"fitness": dict(epochs=60, batch_size=32, lr=1e-5, patience=10),
-            "sentiment": dict(epochs=4, batch_size=32, lr=5e-5, patience=2)}[kind]
+def train_config_for(base: dict, mode: str, **overrides) -> TrainConfig:
+    """A task kind's training defaults (`base`: TrainConfig fields) adjusted for the trunk mode (a frozen trunk
+    only trains small heads: more epochs, more patience), then `overrides` that are not None."""
+    base = dict(base)
     if mode == "frozen":
-        base.update(epochs=max(base["epochs"], 60), patience=10)
+        base.update(epochs=max(base.get("epochs", TrainConfig.epochs), 60), patience=10)
     base.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**base)
+
+
+# Compatibility names, to be removed in the next step of issue 14 (`fedtune.fl.config` still asks by kind);
+# the defaults now live with each task kind (`fedtune.tasks.get(kind).default_trunk`, `.train_config`).
+def default_train_config(kind: str, mode: str, **overrides) -> TrainConfig:
+    from ..tasks import get
+    return get(kind).train_config(mode, **overrides)
+
+
+def __getattr__(name: str):
+    if name in ("DEFAULT_TRUNK", "DEFAULT_MODE"):
+        from ..tasks import get, kinds
+        attr = "default_trunk" if name == "DEFAULT_TRUNK" else "default_mode"
+        return {k: getattr(get(k), attr) for k in kinds()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

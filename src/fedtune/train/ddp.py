@@ -142,22 +142,6 @@ class _Step(nn.Module):
         return self._outputs(data, idx)
 
 
-def loss_terms(out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of per-element losses, number of elements) for `Trainer.loss` (= sum / max(1, count))."""
-    if target.dtype == torch.int64:
-        return nn.functional.cross_entropy(out.float(), target, reduction="sum"), loss_count(target)
-    mask = ~torch.isnan(target)
-    diff = torch.where(mask, out.float() - torch.nan_to_num(target), torch.zeros_like(target))
-    return (diff ** 2).sum(), loss_count(target)
-
-
-def loss_count(target: torch.Tensor) -> torch.Tensor:
-    """The denominator of `Trainer.loss` for these targets (rows, or labelled assay values)."""
-    if target.dtype == torch.int64:
-        return torch.tensor(float(len(target)), device=target.device)
-    return (~torch.isnan(target)).sum().float()
-
-
 class DDPTrainer(Trainer):
     """`Trainer` over DistributedDataParallel; see the module docstring. `dist` must be initialised."""
 
@@ -187,14 +171,15 @@ class DDPTrainer(Trainer):
         self.model.train()
         if self.frozen:
             self.model.trunk.eval()
-        count = loss_count(self._targets(data, idx)).clamp_min(1)     # the whole batch's denominator
+        loss = self.task.loss
+        count = loss.count(self._targets(data, idx)).clamp_min(1)     # the whole batch's denominator
         part = self._split(idx)
         empty = len(part) == 0
         if empty:      # every rank must run forward and backward through DDP; this one contributes zero
             part = idx[:1]
         with self.autocast():
             out = self.ddp(data, part)
-        total, _ = loss_terms(out, self._targets(data, part))
+        total, _ = loss.terms(out, self._targets(data, part))
         if empty:
             total = total * 0.0
         # DDP averages gradients over ranks: scale so that the average is d(sum over the batch / count)

@@ -4,6 +4,10 @@ AdamW (fused on CUDA) with separate learning rates for trunk and heads, linear w
 gradient clipping, bf16 autocast on CUDA, length-bucketed batches, early stopping on validation loss that
 restores the best weights. A frozen trunk is run once per dataset and its embeddings are cached: only the
 heads train, which is both faster and, on little data, stronger.
+
+Nothing here knows a task kind: the model carries its task (`model.task`, see `fedtune.tasks`), which says
+how rows become targets and outputs, which loss trains and which metrics evaluate; the data containers give
+their lengths and model inputs (`data.lengths()`, `data.inputs(idx)`).
 """
 
 from __future__ import annotations
@@ -17,17 +21,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.flab import FitnessData
 from ..data.stats import AssayStats
 from .config import TrainConfig, resolve_device
-from .metrics import fitness_metrics, sentiment_metrics
 
 
 class Trainer:
     def __init__(self, model: nn.Module, cfg: TrainConfig, stats: AssayStats | None = None, writer=None,
                  total_epochs: int | None = None, tag: str = ""):
-        if model.kind == "fitness" and stats is None:
-            raise ValueError("a fitness Trainer needs the assay statistics (AssayStats)")
+        self.task = model.task
+        if self.task.needs_stats and stats is None:
+            raise ValueError(f"a {self.task.name} Trainer needs the target statistics (AssayStats)")
         self.model, self.cfg, self.stats, self.writer, self.tag = model, cfg, stats, writer, tag
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
@@ -75,15 +78,10 @@ class Trainer:
         self._cache.clear()
 
     # ---- data -> tensors ---------------------------------------------------------------------------
-    def _lengths(self, data) -> np.ndarray:
-        if isinstance(data, FitnessData):
-            return np.array([len(h) + len(l) for h, l in zip(data.heavy, data.light)])
-        return np.array([len(t) for t in data.texts])
-
     def _batches(self, data, batch_size: int, shuffle: bool) -> list[np.ndarray]:
         """Length-bucketed batches: similar lengths together so little padding is computed."""
         n = len(data)
-        lengths = self._lengths(data)
+        lengths = data.lengths()
         if not shuffle:
             order = np.argsort(lengths, kind="stable")
             return [order[i:i + batch_size] for i in range(0, n, batch_size)]
@@ -97,14 +95,10 @@ class Trainer:
         return [batches[i] for i in self.rng.permutation(len(batches))]
 
     def _targets(self, data, idx: np.ndarray) -> torch.Tensor:
-        if isinstance(data, FitnessData):
-            return torch.from_numpy(self.stats.to_z(data.labels[idx])).to(self.device)
-        return torch.from_numpy(data.labels[idx]).to(self.device)
+        return torch.from_numpy(self.task.targets(data, idx, self.stats)).to(self.device)
 
     def _embed(self, data, idx: np.ndarray) -> torch.Tensor:
-        if isinstance(data, FitnessData):
-            return self.model.embed([data.heavy[i] for i in idx], [data.light[i] for i in idx])
-        return self.model.embed([data.texts[i] for i in idx])
+        return self.model.embed(*data.inputs(idx))
 
     def _cached_embeddings(self, data) -> torch.Tensor:
         key = id(data)
@@ -125,16 +119,11 @@ class Trainer:
             emb = self._cached_embeddings(data)[torch.as_tensor(idx, device=self.device)]
         else:
             emb = self._embed(data, idx)
-        if isinstance(data, FitnessData):
-            return self.model.assay_outputs(emb)
-        return self.model.apply_heads(emb)
+        return self.task.outputs(self.model, emb)
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if target.dtype == torch.int64:
-            return nn.functional.cross_entropy(out.float(), target)
-        mask = ~torch.isnan(target)     # multi-task: only the assays a sample has labels for
-        diff = torch.where(mask, out.float() - torch.nan_to_num(target), torch.zeros_like(target))
-        return (diff ** 2).sum() / mask.sum().clamp_min(1)
+        """The task's loss (e.g. masked MSE over the labelled targets only, or cross-entropy)."""
+        return self.task.loss(out, target)
 
     # ---- training ----------------------------------------------------------------------------------
     def train_step(self, data, idx: np.ndarray) -> float:
@@ -174,15 +163,14 @@ class Trainer:
 
     @torch.inference_mode()
     def predict(self, data) -> np.ndarray:
-        """Fitness: oriented z predictions [N, A]; sentiment: class probabilities [N, 3]."""
+        """The task's predictions per row, e.g. oriented z [N, A] or class probabilities [N, C]."""
         self.model.eval()
         out = np.zeros((len(data), 0), dtype=np.float32)
         parts = []
         for idx in self._batches(data, self.cfg.eval_batch_size, shuffle=False):
             with self.autocast():
                 o = self._outputs(data, idx).float()
-            if not isinstance(data, FitnessData):
-                o = o.softmax(-1)
+            o = self.task.activate(o)
             parts.append((idx, o.cpu().numpy()))
         if parts:
             out = np.zeros((len(data), parts[0][1].shape[1]), dtype=np.float32)
@@ -191,17 +179,8 @@ class Trainer:
         return out
 
     def evaluate(self, data) -> dict:
-        pred = self.predict(data)
-        if isinstance(data, FitnessData):
-            target = self.stats.to_z(data.labels)
-            mask = ~np.isnan(target)
-            loss = float(((pred - np.nan_to_num(target)) ** 2 * mask).sum() / max(1, mask.sum()))
-            metrics = fitness_metrics(pred, data.labels, data.assays, self.stats)
-        else:
-            p = np.clip(pred[np.arange(len(data)), data.labels], 1e-9, 1.0)
-            loss = float(-np.log(p).mean()) if len(data) else float("nan")
-            metrics = sentiment_metrics(pred, data.labels)
-        return {"loss": loss, **metrics}
+        """{"loss": validation loss, **the task's metrics} on `data`."""
+        return self.task.evaluate(self.predict(data), data, self.stats)
 
     def fit(self, train, val, epochs: int | None = None) -> list[dict]:
         """Train for up to `epochs` (default cfg.epochs) with early stopping on validation loss; the best
@@ -229,11 +208,6 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if self.writer is None:
             return
-        val = record["val"]
-        for name in ("loss", "mean_pearson", "mean_spearman", "accuracy", "macro_f1"):
-            if val.get(name) is not None:
-                self.writer.add_scalar(f"{self.tag}val/{name}", val[name], self.epoch)
-        for task, tm in val.get("tasks", {}).items():
-            if tm.get("pearson") is not None:
-                self.writer.add_scalar(f"{self.tag}val_pearson/{task}", tm["pearson"], self.epoch)
+        for name, value in self.task.scalars(record["val"]).items():
+            self.writer.add_scalar(f"{self.tag}{name}", value, self.epoch)
         self.writer.add_scalar(f"{self.tag}train/epoch_loss", record["train_loss"], self.epoch)

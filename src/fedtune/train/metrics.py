@@ -1,6 +1,9 @@
-"""Evaluation metrics. Fitness: per assay RMSE in the assay's own units, Pearson and Spearman; per task the
-mean over its assays; `mean_pearson` over tasks. Sentiment: accuracy and macro-F1. JSON-ready (None where a
-metric is undefined, e.g. fewer than 3 labelled rows or a constant column)."""
+"""Evaluation metrics, generic over task kinds (each kind picks its own in `fedtune.tasks`).
+
+Multi-target regression (`regression_metrics`): per target RMSE in the target's own units, Pearson and
+Spearman; per group (a task of assays) the mean over its targets; `mean_pearson` over groups.
+Classification (`classification_metrics`): accuracy, macro-F1, per-class precision / recall / F1.
+JSON-ready (None where a metric is undefined, e.g. fewer than 3 labelled rows or a constant column)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ import numpy as np
 from scipy import stats as sps
 
 from ..data.flab import Assay, ordered_tasks
-from ..data.fpb import SENTIMENT_LABELS
 from ..data.stats import AssayStats
 
 
@@ -24,12 +26,25 @@ def _corr(fn, a: np.ndarray, b: np.ndarray) -> float | None:
     return _clean(fn(a, b)[0])
 
 
-def _mean(values) -> float | None:
+def mean_or_none(values) -> float | None:
+    """Mean of the values that are not None (None when there are none)."""
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals else None
 
 
-def fitness_metrics(pred_z: np.ndarray, labels: np.ndarray, assays: list[Assay], stats: AssayStats) -> dict:
+def masked_mse(pred: np.ndarray, target: np.ndarray) -> float:
+    """Mean squared error over the labelled (non-NaN) targets only."""
+    mask = ~np.isnan(target)
+    return float(((pred - np.nan_to_num(target)) ** 2 * mask).sum() / max(1, mask.sum()))
+
+
+def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true classes (NaN for no rows)."""
+    p = np.clip(probs[np.arange(len(labels)), labels], 1e-9, 1.0)
+    return float(-np.log(p).mean()) if len(labels) else float("nan")
+
+
+def regression_metrics(pred_z: np.ndarray, labels: np.ndarray, assays: list[Assay], stats: AssayStats) -> dict:
     """pred_z: [N, A] oriented z predictions; labels: [N, A] raw values with NaN for missing."""
     pred_raw = stats.from_z(pred_z)
     true_z = stats.to_z(labels)
@@ -50,19 +65,20 @@ def fitness_metrics(pred_z: np.ndarray, labels: np.ndarray, assays: list[Assay],
             z_err.extend(((pred_z[m, j] - true_z[m, j]) ** 2).tolist())
         tasks[t] = {
             "n": max((v["n"] for v in per_assay.values()), default=0),
-            "pearson": _mean(v["pearson"] for v in per_assay.values()),
-            "spearman": _mean(v["spearman"] for v in per_assay.values()),
+            "pearson": mean_or_none(v["pearson"] for v in per_assay.values()),
+            "spearman": mean_or_none(v["spearman"] for v in per_assay.values()),
             "rmse_z": _clean(float(np.sqrt(np.mean(z_err)))) if z_err else None,
             "assays": per_assay,
         }
-    return {"n": int(len(labels)), "mean_pearson": _mean(t["pearson"] for t in tasks.values()),
-            "mean_spearman": _mean(t["spearman"] for t in tasks.values()), "tasks": tasks}
+    return {"n": int(len(labels)), "mean_pearson": mean_or_none(t["pearson"] for t in tasks.values()),
+            "mean_spearman": mean_or_none(t["spearman"] for t in tasks.values()), "tasks": tasks}
 
 
-def sentiment_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, names: tuple[str, ...]) -> dict:
+    """probs: [N, C] class probabilities; labels: [N] class indices into `names`."""
     pred = probs.argmax(-1)
     per_class, f1s = {}, []
-    for c, name in enumerate(SENTIMENT_LABELS):
+    for c, name in enumerate(names):
         tp = int(((pred == c) & (labels == c)).sum())
         fp = int(((pred == c) & (labels != c)).sum())
         fn = int(((pred != c) & (labels == c)).sum())
@@ -75,5 +91,11 @@ def sentiment_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
             "macro_f1": float(np.mean(f1s)), "per_class": per_class}
 
 
-def key_metric(kind: str) -> str:
-    return "mean_pearson" if kind == "fitness" else "accuracy"
+# Compatibility names, to be removed in the next step of issue 14 (the federation tests still import them);
+# each task kind now names its metrics (`fedtune.tasks.get(kind).evaluate`).
+fitness_metrics = regression_metrics
+
+
+def sentiment_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+    from ..data.fpb import SENTIMENT_LABELS
+    return classification_metrics(probs, labels, SENTIMENT_LABELS)

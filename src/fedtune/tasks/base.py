@@ -1,0 +1,209 @@
+"""The interface every task kind implements: everything that differs from one kind to another, in one place.
+
+A kind module (`fitness.py`, `sentiment.py`) subclasses `Task`, fills in the declarations and the abstract
+methods, and exposes one instance as `TASK`; `fedtune.tasks.get(kind)` returns it. Everything else (train,
+compare, report, demo, cli) asks that object and never tests a kind's name.
+
+The kind modules import train/ only inside the members that train or evaluate (and `loss` is a property), so
+a caller that only serves (serve/ must not import train/) can still ask the registry.
+
+The concerns, in the order data flows:
+- data: the site folder's format (reader, writer), the real and synthetic sources it is split from, how it
+  is split over sites, what a site summary counts. The data container itself (e.g. `FitnessData`) gives the
+  split unit, lengths and model inputs (`split_ids()`, `lengths()`, `inputs(idx)`, `concat(parts)`).
+- target scaling: statistics fitted on training rows (`fit_stats`), or none.
+- model: the model class (trunk + heads) and how it is built from a trunk and the label table.
+- training: targets of rows, model outputs, activation for predictions, loss, evaluation metrics, the key
+  metric (what "better" means) and the scalars logged per epoch.
+- report: per-run summary over sites, the Markdown tables, the bar plot.
+- demo: defaults for `fedtune demo` and its sample predictions against the running service.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..data.sequences import DataError
+from ..data.site import MIN_SAMPLES
+from ..data.split import site_names, train_val_split
+from ..models import TrunkConfig, apply_trunk_mode, load_trunk
+
+if TYPE_CHECKING:
+    from ..train.config import TrainConfig
+    from ..train.losses import Loss
+
+
+def fmt(x, digits: int = 3) -> str:
+    """A number for a report table ('–' when undefined)."""
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+@dataclass(frozen=True)
+class DemoDefaults:
+    """How `fedtune demo` runs this kind (sized for a 2-core CPU machine)."""
+    source: str            # name of the real-data folder under `--data` and of the demo's option (e.g. flab)
+    samples: int = 300     # synthetic data only
+    rounds: int = 2
+    local_epochs: int = 1
+    mode: str = "frozen"
+    max_length: int | None = None
+
+
+class Task(ABC):
+    # ---- declarations ----------------------------------------------------------------------------------
+    name: str                            # the kind: CLI argument, job and bundle "kind", REST path segment
+    summary: str                         # one line for help texts
+    sample_noun: str                     # what a row is, plural ("antibodies"): the split unit in reports
+    default_trunk: str                   # trunk source when none is given
+    default_mode: str                    # trunk mode when none is given
+    train_defaults: dict                 # TrainConfig fields for this kind
+    head_modes: tuple[str, ...] = ("shared",)   # what `--heads` may be; more than one: a comparison axis
+    needs_stats: bool = False            # the targets are standardised with statistics fitted on training rows
+    key_metric: str                      # the validation metric that says "better" (higher is better)
+    key_metric_label: str                # its name in prose ("mean Pearson")
+    model_class: type                    # the nn.Module of this kind (trunk + heads)
+    demo: DemoDefaults | None = None     # None: `fedtune demo` does not run this kind
+
+    # ---- data ------------------------------------------------------------------------------------------
+    @abstractmethod
+    def read(self, folder: str | Path, assays=None):
+        """A site folder's data (`assays` fixes the label table where the kind has one)."""
+
+    @abstractmethod
+    def write(self, data, folder: str | Path) -> Path:
+        """Write `data` as a site folder that `read` reads back."""
+
+    @abstractmethod
+    def read_source(self, source: str | Path, agreement: str = "50"):
+        """A real data set to split over sites (`fedtune prepare-data --source`)."""
+
+    @abstractmethod
+    def synthetic(self, n: int, seed: int):
+        """Deterministic synthetic data with a learnable signal."""
+
+    @abstractmethod
+    def split_sites(self, data, n_sites: int, alpha: float, split: str, seed: int) -> list:
+        """`data` over `n_sites` sites, deterministically under `seed`."""
+
+    @abstractmethod
+    def site_rows(self, data) -> dict:
+        """What a site's summary counts (rows per assay, samples per class)."""
+
+    def assays_from(self, source: str | Path | None) -> list:
+        """The label table a job of this kind uses, read from a data folder (None: the synthetic data's);
+        empty for a kind without one."""
+        return []
+
+    def label_table(self, data) -> list | None:
+        """The label table of loaded data (what `build_model` needs), or None for a kind without one."""
+        return None
+
+    def load_site(self, folder: str | Path, assays=None, seed: int = 0, val_fraction: float = 0.2):
+        """(train, validation) of one site's folder, split by the data's split unit under `seed`."""
+        data = self.read(folder, assays)
+        if len(data) < MIN_SAMPLES:
+            raise DataError(f"{folder}: only {len(data)} sample(s); a site needs at least {MIN_SAMPLES}")
+        return train_val_split(data, val_fraction, seed)
+
+    def prepare_sites(self, out: str | Path, sites: int = 3, source: str | Path | None = None, alpha: float = 1.0,
+                      split: str = "iid", agreement: str = "50", samples: int = 600, seed: int = 0) -> dict:
+        """Split a data set (real `source`, else synthetic data) over sites and write one folder per site under
+        `out` (site-1 ... site-N), plus `<kind>-split.json` describing the split. Returns that summary.
+        A site folder can hold the data of several kinds side by side."""
+        out = Path(out)
+        full = self.read_source(source, agreement) if source else self.synthetic(samples, seed)
+        parts = self.split_sites(full, sites, alpha, split, seed)
+        summary = {"kind": self.name, "source": str(source) if source else "synthetic", "alpha": alpha,
+                   "split": split, "seed": seed, "sites": {}}
+        for name, part in zip(site_names(sites), parts):
+            self.write(part, out / name)
+            summary["sites"][name] = {"folder": str(out / name), "samples": len(part), "rows": self.site_rows(part)}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{self.name}-split.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    # ---- target scaling --------------------------------------------------------------------------------
+    def fit_stats(self, train):
+        """Target statistics fitted on training rows (None for a kind without target scaling)."""
+        return None
+
+    def stats_from_dict(self, d: dict | None):
+        return None
+
+    # ---- model -----------------------------------------------------------------------------------------
+    @abstractmethod
+    def new_model(self, trunk, assays=None):
+        """This kind's model on `trunk` (the trunk mode is applied by `build_model`)."""
+
+    def build_model(self, trunk_cfg: TrunkConfig, assays=None, weights: bool = True):
+        """The model with a freshly loaded trunk and the trunk mode of `trunk_cfg` applied."""
+        return apply_trunk_mode(self.new_model(load_trunk(trunk_cfg, weights=weights), assays), trunk_cfg)
+
+    def train_config(self, mode: str, **overrides) -> "TrainConfig":
+        """This kind's training defaults for a trunk mode, with `overrides` that are not None."""
+        from ..train.config import train_config_for
+        return train_config_for(self.train_defaults, mode, **overrides)
+
+    # ---- training --------------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def loss(self) -> "Loss":
+        """The training loss (from `fedtune.train.losses`)."""
+
+    @abstractmethod
+    def targets(self, data, idx: np.ndarray, stats) -> np.ndarray:
+        """Training targets of rows `idx` (scaled with `stats` where the kind scales them)."""
+
+    @abstractmethod
+    def outputs(self, model, emb):
+        """The model's training outputs for pooled embeddings `emb` (what `loss` compares with targets)."""
+
+    def activate(self, out):
+        """Outputs -> predictions (e.g. softmax); identity by default."""
+        return out
+
+    @abstractmethod
+    def evaluate(self, pred: np.ndarray, data, stats) -> dict:
+        """{"loss": validation loss, **metrics} of predictions `pred` on `data`; JSON-ready."""
+
+    def scalars(self, metrics: dict) -> dict[str, float]:
+        """TensorBoard scalars of one evaluation (name -> value)."""
+        return {f"val/{k}": metrics[k] for k in ("loss", self.key_metric) if metrics.get(k) is not None}
+
+    @abstractmethod
+    def headline(self, metrics: dict) -> str:
+        """One line of validation metrics for the CLI."""
+
+    # ---- report ----------------------------------------------------------------------------------------
+    @abstractmethod
+    def run_summary(self, per_site: list[dict], results: dict) -> dict:
+        """Mean over sites of one run's headline metrics (`results`: the whole comparison)."""
+
+    @abstractmethod
+    def report_tables(self, results: dict, runs: list[str], titles: list[str], summ: dict) -> list[str]:
+        """Markdown lines of this kind's tables (`titles`: the runs' display names, `summ`: run summaries)."""
+
+    @abstractmethod
+    def plot_bars(self, plt, runs: list[str], titles: list[str], summ: dict, results: dict):
+        """The bar chart comparing runs; returns (figure, axes)."""
+
+    @property
+    def curve_label(self) -> str:
+        """Y label of the per-round curves (they show `key_metric`)."""
+        return f"validation {self.key_metric_label}"
+
+    # ---- demo ------------------------------------------------------------------------------------------
+    def show_predictions(self, post, url: str, card: dict) -> dict:
+        """Ask the running service (`post(url, body)`) for the demo's sample predictions, print them and return
+        the responses by name; `card` is this kind's model card from /v1/models."""
+        return {}
+
+    def try_it(self, url: str) -> str | None:
+        """A curl command line a user can paste to try the service on this kind."""
+        return None
