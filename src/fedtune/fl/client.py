@@ -49,6 +49,13 @@ def flat_metrics(metrics: dict) -> dict:
     return {k: float(metrics[k]) for k in keys if metrics.get(k) is not None}
 
 
+def check_assay_order(model, data) -> None:
+    """Each head output must meet its own label column: the model's assays and the data's, key by key."""
+    mine, theirs = [a.key for a in getattr(model, "assays", [])], [a.key for a in getattr(data, "assays", [])]
+    if mine != theirs:
+        raise RuntimeError(f"assay order of the model {mine} does not match the site's label columns {theirs}")
+
+
 class SiteRunner:
     """One site's state across the rounds of a job."""
 
@@ -61,6 +68,7 @@ class SiteRunner:
         self.train, self.val = load_site(job.kind, data_dir, assays, seed=job.seed, val_fraction=job.val_fraction)
         torch.manual_seed(job.seed)
         self.model = build_model(job.kind, job.trunk_config(), assays)
+        check_assay_order(self.model, self.train)
         if job.train.get("dropout") is not None:     # e.g. 0: every process draws the same (no) masks
             set_dropout(self.model, job.train["dropout"])
         self.keys = travelling_keys(self.model, private_heads=job.private)

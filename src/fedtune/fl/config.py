@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ..data import Assay
+from ..data.flab import sort_assays
 from ..models import TrunkConfig
 from ..train import TrainConfig
 from .aggregate import Aggregator
@@ -43,6 +44,13 @@ class JobConfig:
             raise ValueError(f"unknown heads mode {self.heads!r}; choose one of {HEADS_MODES}")
         if self.kind == "fitness" and not self.assays:
             raise ValueError("a fitness job needs its assay list")
+        # One canonical assay order everywhere (`sort_assays`, the order `load_flab` gives a site's label
+        # columns): heads, label columns and pooled statistics then line up whatever order the job was given.
+        assays = sort_assays([Assay.from_dict(a) if isinstance(a, dict) else a for a in self.assays])
+        keys = [a.key for a in assays]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"the job's assay list names an assay twice: {sorted({k for k in keys if keys.count(k) > 1})}")
+        self.assays = [a.to_dict() for a in assays]
         Aggregator(self.aggregator, self.trim)     # raises on an unknown name or a bad fraction
         if self.min_stat_count < 1:
             raise ValueError(f"min_stat_count must be at least 1: {self.min_stat_count}")

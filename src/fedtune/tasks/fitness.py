@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.flab import Assay, FitnessData, load_assays, load_flab, ordered_tasks, write_flab
+from ..data.flab import Assay, FitnessData, load_assays, load_flab, ordered_tasks, sort_assays, write_flab
 from ..data.split import split_fitness_sites
 from ..data.stats import AssayStats
 from ..data.synthetic import SYNTHETIC_ASSAYS, synthetic_fitness
@@ -48,7 +48,7 @@ class FitnessModel(nn.Module):
     def __init__(self, trunk: Trunk, assays: list[Assay], hidden=HIDDEN, dropout: float = 0.1):
         super().__init__()
         self.trunk = trunk
-        self.assays = list(assays)
+        self.assays = sort_assays(assays)   # the order of load_flab's label columns, whatever order was given
         self.tasks = ordered_tasks(self.assays)
         self.head_hidden, self.dropout = tuple(hidden), dropout
         self.heads = self.new_heads()
