@@ -75,20 +75,26 @@ def regression_metrics(pred_z: np.ndarray, labels: np.ndarray, assays: list[Assa
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, names: tuple[str, ...]) -> dict:
-    """probs: [N, C] class probabilities; labels: [N] class indices into `names`."""
-    pred = probs.argmax(-1)
-    per_class, f1s = {}, []
+    """probs: [N, C] class probabilities; labels: [N] class indices into `names`.
+
+    Scikit-learn's definitions: macro-F1 averages over the classes present in the labels or the
+    predictions (a class absent from both is not counted as an F1 of 0); per-class precision / recall / F1
+    are 0 where undefined. None for no rows."""
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+    labels = np.asarray(labels).astype(int)
+    pred = np.asarray(probs).argmax(-1) if len(labels) else np.zeros(0, dtype=int)
+    per_class = {}
+    if len(labels):
+        prec, rec, f1, _ = precision_recall_fscore_support(labels, pred, labels=list(range(len(names))),
+                                                           zero_division=0)
+    else:
+        prec = rec = f1 = np.zeros(len(names))
     for c, name in enumerate(names):
-        tp = int(((pred == c) & (labels == c)).sum())
-        fp = int(((pred == c) & (labels != c)).sum())
-        fn = int(((pred != c) & (labels == c)).sum())
-        prec = tp / (tp + fp) if tp + fp else 0.0
-        rec = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        per_class[name] = {"precision": prec, "recall": rec, "f1": f1, "n": int((labels == c).sum())}
-        f1s.append(f1)
+        per_class[name] = {"precision": float(prec[c]), "recall": float(rec[c]), "f1": float(f1[c]),
+                           "n": int((labels == c).sum())}
+    macro = float(f1_score(labels, pred, average="macro", zero_division=0)) if len(labels) else None
     return {"n": int(len(labels)), "accuracy": float((pred == labels).mean()) if len(labels) else None,
-            "macro_f1": float(np.mean(f1s)), "per_class": per_class}
+            "macro_f1": macro, "per_class": per_class}
 
 
 # Compatibility names, to be removed in the next step of issue 14 (the federation tests still import them);
