@@ -125,7 +125,9 @@ class SiteRunner:
     def train_round(self, params: dict, meta: dict, keys: list[str] | None = None) -> tuple[dict, dict, dict]:
         trainer = self._trainer(meta)
         self._load(params, keys)
+        start = trainer.step
         history = trainer.fit(self.train, self.val, epochs=self.job.local_epochs)
+        steps = trainer.step - start    # optimiser steps this round (epochs run x batches), NVFlare's meaning
         final = trainer.evaluate(self.val)
         state = self.model.state_dict()
         out = {k: state[k].detach().cpu() for k in self.keys}
@@ -135,7 +137,7 @@ class SiteRunner:
             if os.environ.get("FEDTUNE_SAVE_UPDATES", "") not in ("", "0"):
                 self.save_update(out, meta.get("round"))
         meta_out = {**self._counts(), "summary": summary,
-                    "NUM_STEPS_CURRENT_ROUND": len(history) * max(1, len(self.train))}
+                    "NUM_STEPS_CURRENT_ROUND": steps}
         if self.dist.is_main and os.environ.get(TAMPER):
             out = tamper(os.environ[TAMPER], self.site, out, meta_out, params)
         return out, flat_metrics(final), meta_out
