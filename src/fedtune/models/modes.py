@@ -1,7 +1,12 @@
 """Trunk modes: `full` (everything trains), `frozen` (only heads train), `lora` (low-rank adapters from
 `peft` on the attention projections + heads), `ptuning` (learned virtual prompt tokens from `peft`'s prompt
 encoder in front of a frozen trunk + heads). `travelling_keys` says which state-dict entries a site sends
-in a federated round: what can change, minus private heads."""
+in a federated round: what can change, minus private heads.
+
+LoRA under FedAvg: the server averages A and B separately, and mean(B) @ mean(A) is not mean(B @ A), the
+average of the sites' actual updates. `TrunkConfig(lora_freeze_a=True)` is FFA-LoRA (Sun et al., ICLR
+2024): every A is drawn from `lora_seed` (not the process's random state, so every site, the server and the
+export draw the same A) and frozen; only B trains and travels, and mean(B) @ A == mean(B @ A) exactly."""
 
 from __future__ import annotations
 
@@ -56,14 +61,31 @@ def apply_trunk_mode(model: nn.Module, cfg: TrunkConfig) -> nn.Module:
         lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=lora_targets(trunk.encoder, cfg.lora_targets), bias="none")
         trunk.encoder = get_peft_model(trunk.encoder, lcfg)
+        if cfg.lora_freeze_a:
+            shared_lora_a(trunk.encoder, cfg.lora_seed)
     elif cfg.mode == "ptuning":
         trunk.prompt = PromptTokens(cfg.virtual_tokens, trunk.hidden_size, cfg.prompt_hidden).to(
             next(trunk.encoder.parameters()).device)
     for name, p in trunk.named_parameters():
-        p.requires_grad = (cfg.mode == "full" or (cfg.mode == "lora" and "lora_" in name)
+        p.requires_grad = (cfg.mode == "full"
+                           or (cfg.mode == "lora" and "lora_" in name
+                               and not (cfg.lora_freeze_a and ".lora_A." in name))
                            or (cfg.mode == "ptuning" and name.startswith("prompt.")))
     model.trunk_mode = cfg.mode
     return model
+
+
+def shared_lora_a(encoder: nn.Module, seed: int) -> None:
+    """FFA-LoRA: redraw every LoRA A matrix (peft's initialisation, Kaiming uniform) from a generator seeded
+    with `seed`, in module-name order: the same A wherever the same configuration is built."""
+    import math
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(encoder.named_parameters()):
+            if ".lora_A." in name:
+                w = torch.empty(p.shape, dtype=torch.float32)
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=gen)
+                p.copy_(w.to(p.device, p.dtype))
 
 
 def merge_trunk(model: nn.Module) -> nn.Module:

@@ -31,6 +31,8 @@ class TrunkConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=list)   # empty: the attention query/value projections
+    lora_freeze_a: bool = False      # FFA-LoRA: A drawn from lora_seed (the same at every site) and frozen
+    lora_seed: int = 0
     virtual_tokens: int = 20         # p-tuning: learned prompt tokens in front of every input
     prompt_hidden: int = 128         # p-tuning: hidden size of the prompt encoder's MLP
 
