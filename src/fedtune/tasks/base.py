@@ -31,7 +31,7 @@ import numpy as np
 
 from ..data.sequences import DataError
 from ..data.site import MIN_SAMPLES
-from ..data.split import site_names, train_val_split
+from ..data.split import TEST_FRACTION, Split, site_names, train_val_test_split
 from ..models import TrunkConfig, apply_trunk_mode, load_trunk
 
 if TYPE_CHECKING:
@@ -105,11 +105,20 @@ class Task(ABC):
         return None
 
     def load_site(self, folder: str | Path, assays=None, seed: int = 0, val_fraction: float = 0.2):
-        """(train, validation) of one site's folder, split by the data's split unit under `seed`."""
+        """(train, validation) of one site's folder, split by the data's split unit under `seed` (no test part;
+        runs that report a score use `load_split`)."""
+        split = self.load_split(folder, assays, seed=seed, val_fraction=val_fraction, test_fraction=0.0)
+        return split.train, split.val
+
+    def load_split(self, folder: str | Path, assays=None, seed: int = 0, val_fraction: float = TEST_FRACTION,
+                   test_fraction: float = TEST_FRACTION) -> Split:
+        """One site's folder split into train / validation / test by split unit under `seed`
+        (`data.split.train_val_test_split`): validation drives early stopping, test is scored once at the end.
+        The validation part is the one `load_site` gives for the same seed and fraction."""
         data = self.read(folder, assays)
         if len(data) < MIN_SAMPLES:
             raise DataError(f"{folder}: only {len(data)} sample(s); a site needs at least {MIN_SAMPLES}")
-        return train_val_split(data, val_fraction, seed)
+        return train_val_test_split(data, val_fraction, test_fraction, seed)
 
     def prepare_sites(self, out: str | Path, sites: int = 3, source: str | Path | None = None, alpha: float = 1.0,
                       split: str = "iid", agreement: str = "50", samples: int = 600, seed: int = 0) -> dict:
