@@ -109,3 +109,5 @@ def test_early_stopping_never_sees_the_test_split(tiny_antibody_trunk, tmp_path)
     import json
     written = json.loads((tmp_path / "run-clean" / "metrics.json").read_text())
     assert written["split"]["test"]["units"] == unit_hashes(split.test)
+    boot = written["final_test"]["bootstrap"]                  # quoted with n and a 95% interval
+    assert boot["n"] == len(set(split.test.split_ids())) and boot["ci"]["mean_pearson"] is not None

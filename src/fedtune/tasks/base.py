@@ -67,6 +67,8 @@ class Task(ABC):
     needs_stats: bool = False            # the targets are standardised with statistics fitted on training rows
     key_metric: str                      # the validation metric that says "better" (higher is better)
     key_metric_label: str                # its name in prose ("mean Pearson")
+    interval_metrics: tuple[str, ...] = ()   # metric paths quoted on the test split with a bootstrap 95% interval
+                                             # (`fedtune.train.bootstrap`); empty: the key metric alone
     model_class: type                    # the nn.Module of this kind (trunk + heads)
     demo: DemoDefaults | None = None     # None: `fedtune demo` does not run this kind
 
@@ -201,6 +203,10 @@ class Task(ABC):
     @abstractmethod
     def plot_bars(self, plt, runs: list[str], titles: list[str], summ: dict, results: dict):
         """The bar chart comparing runs; returns (figure, axes)."""
+
+    def interval_paths(self) -> list[str]:
+        """The metric paths a test score carries bootstrap intervals for."""
+        return list(self.interval_metrics or (self.key_metric,))
 
     @property
     def curve_label(self) -> str:

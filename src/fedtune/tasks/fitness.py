@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.flab import Assay, FitnessData, load_assays, load_flab, ordered_tasks, sort_assays, write_flab
+from ..data.flab import (FITNESS_TASKS, Assay, FitnessData, load_assays, load_flab, ordered_tasks, sort_assays,
+                         write_flab)
 from ..data.split import split_fitness_sites
 from ..data.stats import AssayStats
 from ..data.synthetic import SYNTHETIC_ASSAYS, synthetic_fitness
@@ -106,6 +107,7 @@ class Fitness(Task):
     needs_stats = True
     key_metric = "mean_pearson"
     key_metric_label = "mean Pearson"
+    interval_metrics = ("mean_pearson", *(f"tasks.{t}.pearson" for t in FITNESS_TASKS))
     model_class = FitnessModel
     demo = DemoDefaults(source="flab", samples=300, rounds=3, local_epochs=10, mode="frozen")
 

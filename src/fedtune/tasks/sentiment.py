@@ -72,6 +72,7 @@ class Sentiment(Task):
     train_defaults = dict(epochs=4, batch_size=32, lr=5e-5, patience=2)
     key_metric = "accuracy"
     key_metric_label = "accuracy"
+    interval_metrics = ("accuracy", "macro_f1")
     model_class = SentimentModel
     demo = DemoDefaults(source="fpb", samples=300, rounds=2, local_epochs=1, mode="lora", max_length=64)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data.split import TEST_FRACTION
 from ..models import TrunkConfig
+from .bootstrap import score_test
 from .config import TrainConfig
 from .loop import Trainer
 
@@ -41,7 +42,8 @@ def train_on(task, train, val, out_dir: Path, trunk_cfg: TrunkConfig, train_cfg:
     trainer = Trainer(model, train_cfg, stats, writer=writer, tag=tag)
     history = trainer.fit(train, val)
     final = trainer.evaluate(val)
-    scored = {} if test is None or len(test) == 0 else {"n_test": len(test), "final_test": trainer.evaluate(test)}
+    scored = {} if test is None or len(test) == 0 else {
+        "n_test": len(test), "final_test": score_test(trainer, test, task.interval_paths(), seed=train_cfg.seed)}
     if writer is not None:
         writer.close()
     result = {"kind": task.name, "trunk": trunk_cfg.to_dict(), "train": train_cfg.to_dict(),
