@@ -13,6 +13,7 @@ fi
 # kserve's Python SDK cannot share .venv (it caps psutil, protobuf and python-dateutil below our pins), so
 # tests/serve/test_oip_kserve.py runs its REST client from a side venv, made here once (pinned; it skips without).
 if [ ! -e .venv-kserve ]; then
+  echo "creating .venv-kserve for tests/serve/test_oip_kserve.py (once; a few minutes)" >&2
   log=$(mktemp)
   if python3 -m venv .venv-kserve >"$log" 2>&1 && .venv-kserve/bin/pip install -q --disable-pip-version-check \
       -c tests/serve/kserve-constraints.txt kserve==0.21.0 >>"$log" 2>&1; then
