@@ -1,10 +1,12 @@
-"""Local vs federated vs pooled, on the same site folders and the same train/validation splits.
+"""Local vs federated vs pooled, on the same site folders and the same train / validation / test splits.
 
 - local:  each site trains alone (same total epochs as the federated run: rounds x local epochs)
 - pooled: one model on the union of every site's training rows (the upper bound federated learning chases)
 - fedavg: the federated job (run by the caller, e.g. through fedtune.fl), its final per-site metrics
 
-Every run is evaluated on each site's own validation split. TensorBoard logs for every run land under
+Validation alone drives early stopping (pooled: the union of the sites' validation parts); every run's model
+is then scored once on each site's own test split, with n and a bootstrap 95% interval
+(`fedtune.train.bootstrap`); the report quotes those test numbers. TensorBoard logs for every run land under
 `<out>/tb/<run>/<site>`; `fedtune.report.write_report` turns the collected numbers into the report.
 """
 
@@ -14,16 +16,20 @@ import logging
 from pathlib import Path
 
 from .models import TrunkConfig
+from .data.split import TEST_FRACTION
 from .tasks import get
 from .train import TrainConfig, Trainer
+from .train.bootstrap import score_test
 
 log = logging.getLogger(__name__)
 
 
-def load_sites(kind: str, site_dirs: dict[str, Path], assays=None, seed: int = 0, val_fraction: float = 0.2):
-    """{site: (train, val)} with the very split each site's client makes (same seed, same fraction)."""
+def load_sites(kind: str, site_dirs: dict[str, Path], assays=None, seed: int = 0, val_fraction: float = 0.2,
+               test_fraction: float = TEST_FRACTION):
+    """{site: Split} (train, val, test) with the very split each site's client makes (same seed, fractions)."""
     task = get(kind)
-    return {site: task.load_site(d, assays, seed=seed, val_fraction=val_fraction) for site, d in site_dirs.items()}
+    return {site: task.load_split(d, assays, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+            for site, d in site_dirs.items()}
 
 
 def concat(parts):
@@ -40,36 +46,49 @@ def _writer(out: Path | None, run: str, site: str):
 
 
 def train_and_evaluate(kind: str, train, vals: dict, trunk_cfg: TrunkConfig, cfg: TrainConfig, writer=None,
-                       early_stop_on=None):
+                       early_stop_on=None, tests: dict | None = None):
     """Train on `train` (early stopping on `early_stop_on`, default the union of `vals`) and evaluate on each
-    validation split. Returns (model, stats, {site: metrics})."""
+    validation split; then score each non-empty test split in `tests` once (n, bootstrap intervals).
+    Returns (model, stats, {site: val metrics}, {site: test metrics})."""
+    import torch
+
     task = get(kind)
     stats = task.fit_stats(train)
+    torch.manual_seed(cfg.seed)                      # the heads' initialisation too: repeatable per seed
     model = task.build_model(trunk_cfg, task.label_table(train))
     trainer = Trainer(model, cfg, stats, writer=writer)
     trainer.fit(train, early_stop_on if early_stop_on is not None else concat(vals.values()))
     if writer is not None:
         writer.close()
-    return model, stats, {site: trainer.evaluate(v) for site, v in vals.items()}
+    val_metrics = {site: trainer.evaluate(v) for site, v in vals.items()}
+    test_metrics = {site: score_test(trainer, t, task.interval_paths(), seed=cfg.seed)
+                    for site, t in (tests or {}).items() if len(t)}
+    return model, stats, val_metrics, test_metrics
 
 
 def run_local(kind: str, sites: dict, trunk_cfg: TrunkConfig, cfg: TrainConfig, out: Path | None = None) -> dict:
-    """Each site alone, evaluated on its own validation split."""
-    results = {}
-    for site, (train, val) in sites.items():
-        log.info("local: training %s alone (%d samples)", site, len(train))
-        _, _, metrics = train_and_evaluate(kind, train, {site: val}, trunk_cfg, cfg, _writer(out, "local", site))
-        results[site] = metrics[site]
+    """Each site alone (`sites`: {site: Split}), early stopping on its validation split, scored on its test split.
+    Returns {"val": {site: metrics}, "test": {site: metrics}}."""
+    results = {"val": {}, "test": {}}
+    for site, split in sites.items():
+        log.info("local: training %s alone (%d samples)", site, len(split.train))
+        _, _, val, test = train_and_evaluate(kind, split.train, {site: split.val}, trunk_cfg, cfg,
+                                             _writer(out, "local", site), tests={site: split.test})
+        results["val"][site] = val[site]
+        if site in test:
+            results["test"][site] = test[site]
     return results
 
 
 def run_pooled(kind: str, sites: dict, trunk_cfg: TrunkConfig, cfg: TrainConfig, out: Path | None = None) -> dict:
-    """One model on every site's training rows, evaluated on each site's validation split."""
+    """One model on the union of every site's training part, early stopping on the union of their validation
+    parts, scored on each site's test part. Returns {"val": {site: metrics}, "test": {site: metrics}}."""
     log.info("pooled: training on the union of %d sites", len(sites))
-    train = concat(t for t, _ in sites.values())
-    _, _, metrics = train_and_evaluate(kind, train, {s: v for s, (_, v) in sites.items()}, trunk_cfg, cfg,
-                                       _writer(out, "pooled", "all"))
-    return metrics
+    train = concat(s.train for s in sites.values())
+    _, _, val, test = train_and_evaluate(kind, train, {site: s.val for site, s in sites.items()}, trunk_cfg, cfg,
+                                         _writer(out, "pooled", "all"),
+                                         tests={site: s.test for site, s in sites.items()})
+    return {"val": val, "test": test}
 
 
 # ---- the whole comparison ----------------------------------------------------------------------------------
@@ -91,7 +110,8 @@ def federated_run(fed, job, out: Path | None = None) -> dict:
                 if y is not None:
                     writer.add_scalar(f"val/{key}", y, rnd)
             writer.close()
-    return {"metrics": {s: v["final_val"] for s, v in summary["sites"].items()}, "curve": curves,
+    return {"metrics": {s: v["final_test"] for s, v in summary["sites"].items() if v.get("final_test")},
+            "val": {s: v["final_val"] for s, v in summary["sites"].items()}, "curve": curves,
             "costs": {"bytes_per_round": summary.get("bytes_per_round"),
                       "seconds_per_round": summary.get("seconds_per_round")},
             "result": str(result), "missing": summary.get("missing", {})}
@@ -107,9 +127,13 @@ def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: b
 
     first = jobs[0]
     kind = first.kind
-    results = {"kind": kind, "sites": sorted(site_dirs), "runs": {}, "curves": {}, "costs": {}, "results": {},
-               "notes": [f"{len(site_dirs)} sites; validation: each site's own split ({first.val_fraction:.0%} "
-                         f"of its {get(kind).sample_noun}, seed {first.seed})",
+    noun = get(kind).sample_noun
+    results = {"kind": kind, "sites": sorted(site_dirs), "runs": {}, "val_runs": {}, "curves": {}, "costs": {},
+               "results": {},
+               "notes": [f"{len(site_dirs)} sites, each split by {noun} (seed {first.seed}) into train / validation "
+                         f"({first.val_fraction:.0%}) / test ({TEST_FRACTION:.0%}); validation alone drives early "
+                         f"stopping; every number below is on the test splits, scored once, with n = {noun} scored "
+                         f"and a bootstrap 95% interval ({noun} resampled)",
                          f"trunk {first.trunk.get('source')} ({first.trunk.get('mode')}); federated: "
                          f"{first.rounds} rounds x {first.local_epochs} local epochs; local and pooled: "
                          f"{first.rounds * first.local_epochs} epochs with early stopping"]}
@@ -118,17 +142,20 @@ def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: b
                            val_fraction=first.val_fraction)
         cfg = replace(first.train_config(), epochs=first.rounds * first.local_epochs)
         trunk_cfg = first.trunk_config()
-        results["runs"]["local"] = run_local(kind, sites, trunk_cfg, cfg, out)
+        local = run_local(kind, sites, trunk_cfg, cfg, out)
+        results["runs"]["local"], results["val_runs"]["local"] = local["test"], local["val"]
     for job in jobs:
         log.info("federated: job %s", job.name)
         run = federated_run(fed, job, out)
         results["runs"][job.name] = run["metrics"]
+        results["val_runs"][job.name] = run["val"]
         results["curves"][job.name] = run["curve"]
         results["costs"][job.name] = run["costs"]
         results["results"][job.name] = run["result"]
         if run["missing"]:
             results["notes"].append(f"{job.name}: sites missing in some rounds: {run['missing']}")
     if baselines:
-        results["runs"]["pooled"] = run_pooled(kind, sites, trunk_cfg, cfg, out)
+        pooled = run_pooled(kind, sites, trunk_cfg, cfg, out)
+        results["runs"]["pooled"], results["val_runs"]["pooled"] = pooled["test"], pooled["val"]
     write_report(results, out)
     return results

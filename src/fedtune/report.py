@@ -9,8 +9,10 @@ Input is one dict (what `fedtune compare` collects):
      "costs": {run: {"bytes_per_round": int, "seconds_per_round": float}}, (optional)
      "notes": [str, ...]}                                                 (optional)
 
-`metrics` are what `fedtune.train.Trainer.evaluate` returns on that site's validation split. The tables and
-the bar chart are the kind's own (`fedtune.tasks`); notes, costs and the per-round curves are common.
+`metrics` are what `fedtune.train.Trainer.evaluate` returns on that site's TEST split (scored once, after
+training; `fedtune compare` keeps the validation numbers under "val_runs"), with a `bootstrap` entry
+(`fedtune.train.bootstrap`: n split units and 95% intervals) where the run had one. The tables and the bar chart
+are the kind's own (`fedtune.tasks`); notes, costs, the interval table and the per-round curves are common.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from .tasks import get
 from .tasks.base import fmt
+from .train.bootstrap import mean_interval, metric_at
 from .train.metrics import mean_or_none
 
 RUN_TITLES = {"local": "local only", "fedavg": "FedAvg", "pooled": "pooled (upper bound)"}
@@ -37,6 +40,35 @@ def summary(results: dict) -> dict:
     return {run: task.run_summary(list(per_site.values()), results) for run, per_site in results["runs"].items()}
 
 
+def _ci(ci: dict | None) -> str:
+    return "–" if not ci else f"[{fmt(ci.get('lo'))}, {fmt(ci.get('hi'))}]"
+
+
+def interval_table(results: dict) -> list[str]:
+    """Markdown lines: per run, each site's test metrics with n and the bootstrap 95% interval, and the mean over
+    sites (its interval from the sites' bootstrap replicates, where the run kept them)."""
+    task = get(results["kind"])
+    paths = task.interval_paths()
+    rows = []
+    for run, per_site in results["runs"].items():
+        boots = {site: m.get("bootstrap") for site, m in per_site.items() if isinstance(m, dict)}
+        if not any(boots.values()):
+            continue
+        for site, m in sorted(per_site.items()):
+            b = boots.get(site) or {}
+            cells = [f"{fmt(metric_at(m, p))} {_ci((b.get('ci') or {}).get(p))}" for p in paths]
+            rows.append(f"| {_title(run)} | {site} | {b.get('n', '–')} | " + " | ".join(cells) + " |")
+        found = [b for b in boots.values() if b]
+        n = sum(b.get("n", 0) for b in found)
+        cells = [f"{fmt(mean_or_none(metric_at(m, p) for m in per_site.values()))} "
+                 f"{_ci(mean_interval(found, p) if all('replicates' in b for b in found) else None)}" for p in paths]
+        rows.append(f"| {_title(run)} | mean over sites | {n} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return (["", f"## Test split: value [95% bootstrap interval], n = {task.sample_noun} scored", "",
+             "| run | site | n | " + " | ".join(paths) + " |", "|---|---|---|" + "---|" * len(paths)] + rows)
+
+
 def markdown(results: dict, plots: list[str]) -> str:
     kind, runs = results["kind"], list(results["runs"])
     summ = summary(results)
@@ -45,6 +77,7 @@ def markdown(results: dict, plots: list[str]) -> str:
         lines.append(f"- {note}")
     lines.append("")
     lines += get(kind).report_tables(results, runs, [_title(r) for r in runs], summ)
+    lines += interval_table(results)
     costs = results.get("costs") or {}
     if costs:
         lines += ["", "## Communication and time", "", "| run | bytes sent per site per round | seconds per round |",

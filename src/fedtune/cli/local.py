@@ -97,6 +97,9 @@ def train_local_cmd(
         fail(str(exc))
     final = result["final_val"]
     typer.echo(f"validation: {task.headline(final)} after {result['epochs_run']} epochs; metrics in {out / 'metrics.json'}")
+    if result.get("final_test"):
+        typer.echo(f"test, scored once ({result['final_test']['bootstrap']['n']} {task.sample_noun}): "
+                   f"{task.headline(result['final_test'])}")
     if export:
         bundle = save_bundle(out / "bundle", model, trunk_cfg=trunk_cfg, stats=stats, heads_mode="local",
                              sites=[data.name], metrics={data.name: final},

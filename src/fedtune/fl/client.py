@@ -1,15 +1,17 @@
 """Site side of a fedtune job: the NVFlare Client API around the ordinary training loop.
 
-Strip the `flare.*` calls and what is left is local training: the site's folder is loaded with
-`fedtune.data.load_site`, the model built with `fedtune.models.build_model`, and every round trains with
+Strip the `flare.*` calls and what is left is local training: the site's folder is split with
+`Task.load_split` (train / validation / test, the split every local and pooled run makes), the model built with
+`fedtune.models.build_model`, and every round trains with
 `fedtune.train.Trainer` (the exact step `fedtune train-local` uses). The data folder comes from the
 environment (`FEDTUNE_DATA`, set by `fedtune client --data`).
 
 What leaves the site: per-assay moments once (fitness), then each round only the parameters that travel
 (`fedtune.models.travelling_keys`: the trainable trunk parts, plus the heads when they are shared), the
-row counts used as averaging weights, and validation metrics. With private heads an NVFlare output filter
-also drops every `heads.` entry, so they cannot leave by mistake; at the end, when publishing is on, the final
-heads go out once under `published.heads.` for the export bundle.
+row counts used as averaging weights, and validation metrics; in the final phase also the metrics of the site's
+final model on its test split (scored once, never used for a decision: n and bootstrap intervals, no rows).
+With private heads an NVFlare output filter also drops every `heads.` entry, so they cannot leave by mistake;
+at the end, when publishing is on, the final heads go out once under `published.heads.` for the export bundle.
 
 Several GPUs on one site: `fedtune client --gpus N` makes `fedtune.fl.launch` start this script with
 `torchrun` (N processes). Only rank 0 talks to NVFlare; it broadcasts each task (phase + meta) to the other
@@ -35,8 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import AssayStats, load_site, moments
+from ..data import AssayStats, moments
+from ..data.split import TEST_FRACTION
 from ..models import build_model, travelling_keys
+from ..tasks import get
+from ..train.bootstrap import score_test
 from ..train.ddp import DistContext, set_dropout
 from .config import PUBLISHED, JobConfig
 
@@ -65,7 +70,9 @@ class SiteRunner:
         self.job, self.site = job, site
         self.dist = dist or DistContext()
         assays = job.assay_list() or None
-        self.train, self.val = load_site(job.kind, data_dir, assays, seed=job.seed, val_fraction=job.val_fraction)
+        split = get(job.kind).load_split(data_dir, assays, seed=job.seed, val_fraction=job.val_fraction,
+                                         test_fraction=TEST_FRACTION)
+        self.train, self.val, self.test = split.train, split.val, split.test   # test: scored once, in final
         torch.manual_seed(job.seed)
         self.model = build_model(job.kind, job.trunk_config(), assays)
         check_assay_order(self.model, self.train)
@@ -171,7 +178,12 @@ class SiteRunner:
                    if k.startswith("heads.")}
         if trainer.writer is not None:
             trainer.writer.close()
-        return out, flat_metrics(final), {**self._counts(), "n_val": len(self.val), "final_val": final}
+        scored = {}
+        if len(self.test) and self.dist.is_main:      # the test split, scored once: this site's final model
+            scored = {"n_test": len(self.test),
+                      "final_test": score_test(trainer, self.test, get(self.job.kind).interval_paths(),
+                                               seed=self.job.seed, replicates=False)}
+        return out, flat_metrics(final), {**self._counts(), "n_val": len(self.val), "final_val": final, **scored}
 
 
 def tamper(spec: str, site: str, update: dict, meta: dict, received: dict) -> dict:

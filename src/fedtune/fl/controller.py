@@ -222,6 +222,9 @@ class FedtuneController(ModelController):
             summary["sites"][site] = {"final_val": _metrics(r.meta.get("final_val")),
                                       "n_train": bounds.get(site, {}).get("n_train"),
                                       "n_val": _metrics({"n": r.meta.get("n_val")}).get("n")}
+            if isinstance(r.meta.get("final_test"), dict):     # the site's test split, scored once
+                summary["sites"][site].update(final_test=_metrics(r.meta.get("final_test")),
+                                              n_test=_metrics({"n": r.meta.get("n_test")}).get("n"))
             if heads:
                 _save_atomic(heads, out / "site_heads" / f"{site}.safetensors")
         if missing:

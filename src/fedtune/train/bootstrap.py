@@ -24,18 +24,18 @@ def metric_at(metrics: dict, path: str):
     return node
 
 
-def interval(values, level: float = LEVEL) -> list[float] | None:
-    """The central `level` percentile interval of the defined values (None when none are)."""
+def interval(values, level: float = LEVEL) -> dict | None:
+    """The central `level` percentile interval {"lo", "hi"} of the defined values (None when none are)."""
     vals = np.array([v for v in values if v is not None], dtype=float)
     if len(vals) == 0:
         return None
     lo, hi = np.percentile(vals, [50 * (1 - level), 50 * (1 + level)])
-    return [float(lo), float(hi)]
+    return {"lo": float(lo), "hi": float(hi)}
 
 
 def bootstrap(task, pred: np.ndarray, data, stats, paths: list[str], n_boot: int = N_BOOT, seed: int = 0,
               level: float = LEVEL) -> dict:
-    """{"n": split units, "n_boot", "level", "replicates": {path: [..]}, "ci": {path: [lo, hi] | None}} for the
+    """{"n": split units, "n_boot", "level", "replicates": {path: [..]}, "ci": {path: {"lo", "hi"} | None}} for the
     metrics at `paths` of `task.evaluate(pred, data, stats)`, resampling split units with replacement."""
     groups: dict[str, list[int]] = {}
     for i, key in enumerate(data.split_ids()):
@@ -52,7 +52,7 @@ def bootstrap(task, pred: np.ndarray, data, stats, paths: list[str], n_boot: int
             "ci": {p: interval(v, level) for p, v in reps.items()}}
 
 
-def mean_interval(boots: list[dict], path: str, level: float = LEVEL) -> list[float] | None:
+def mean_interval(boots: list[dict], path: str, level: float = LEVEL) -> dict | None:
     """Interval of the mean over sites of one metric, from the sites' replicates (replicate i averaged over the
     sites that define it)."""
     columns = [b["replicates"].get(path) or [] for b in boots]
@@ -65,8 +65,12 @@ def mean_interval(boots: list[dict], path: str, level: float = LEVEL) -> list[fl
     return interval(means, level)
 
 
-def score_test(trainer, test, paths: list[str], seed: int = 0) -> dict:
-    """Test metrics of a trained model (the `Trainer`), scored once, with a bootstrap over split units."""
+def score_test(trainer, test, paths: list[str], seed: int = 0, replicates: bool = True) -> dict:
+    """Test metrics of a trained model (the `Trainer`), scored once, with a bootstrap over split units
+    (`replicates=False`: n and the intervals only, e.g. for a reply that leaves the site)."""
     pred = trainer.predict(test)
     metrics = trainer.task.evaluate(pred, test, trainer.stats)
-    return {**metrics, "bootstrap": bootstrap(trainer.task, pred, test, trainer.stats, paths, seed=seed)}
+    boot = bootstrap(trainer.task, pred, test, trainer.stats, paths, seed=seed)
+    if not replicates:
+        boot.pop("replicates")
+    return {**metrics, "bootstrap": boot}
