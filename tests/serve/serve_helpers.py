@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+
 from fedtune.data import synthetic_fitness, synthetic_sentiment
 from fedtune.serve.settings import ServeSettings
 
@@ -30,3 +33,13 @@ def metric_value(text: str, name: str, labels: dict | None = None) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
                 total += sample.value
     return total
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM a `fedtune serve` process and wait for it; kill it when it does not stop in time."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

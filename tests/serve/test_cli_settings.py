@@ -13,7 +13,7 @@ import time
 
 import httpx
 import pytest
-from serve_helpers import antibodies
+from serve_helpers import antibodies, terminate
 
 from fedtune.bundle import load_bundle
 from fedtune.serve.settings import ServeSettings
@@ -92,11 +92,6 @@ def test_serve_command_reloads_on_sighup(serve_dir, global_bundle_a, global_bund
         assert r.status_code == 200 and r.json()["digest"] == digest_b
         assert "fedtune_reloads_total 1.0" in httpx.get(url + "/metrics").text
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
     # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught (exit status -15)
     assert proc.returncode in (0, -signal.SIGTERM), proc.stdout.read()

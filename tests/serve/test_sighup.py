@@ -14,7 +14,7 @@ import time
 
 import httpx
 import pytest
-from serve_helpers import metric_value
+from serve_helpers import metric_value, terminate
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 
@@ -61,9 +61,4 @@ def test_sighup_during_the_initial_load_is_deferred_not_fatal(global_bundle_a):
             pytest.fail("the SIGHUP sent during loading was lost")
         assert proc.poll() is None
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
