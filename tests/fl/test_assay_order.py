@@ -36,7 +36,7 @@ def test_reversed_job_assays_train_each_head_against_its_own_column(tmp_path, ti
     # column j of the site's labels holds the values of the model's assay j (the synthetic assays have
     # distinct units, so a swapped column cannot pass)
     source = {a.key: np.sort(data.labels[:, j][~np.isnan(data.labels[:, j])]) for j, a in enumerate(data.assays)}
-    site_labels = np.concatenate([runner.train.labels, runner.val.labels])
+    site_labels = np.concatenate([runner.train.labels, runner.val.labels, runner.test.labels])
     for j, key in enumerate(model_keys):
         col = site_labels[:, j]
         np.testing.assert_allclose(np.sort(col[~np.isnan(col)]), source[key], rtol=1e-6)
