@@ -26,7 +26,7 @@ if [ ! -e .venv-kserve ]; then
   rm -f "$log"
 fi
 
-.venv/bin/pytest -q -ra "$@"
+.venv/bin/pytest -q -ra --durations=25 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "error: pytest collected no test" >&2
