@@ -185,7 +185,7 @@ class Fitness(Task):
                               for k in ("pearson", "spearman", "rmse_z")} for t in task_names(results)}}
 
     def report_tables(self, results, runs, titles, summ) -> list[str]:
-        lines = ["## Mean over sites (validation split of each site)", "",
+        lines = ["## Mean over sites (test split of each site, scored once)", "",
                  "| task | " + " | ".join(f"{t} Pearson" for t in titles) + " | "
                  + " | ".join(f"{t} Spearman" for t in titles) + " |",
                  "|---|" + "---|" * (2 * len(runs))]
@@ -220,7 +220,7 @@ class Fitness(Task):
             ax.bar(np.arange(len(tasks)) + i * width, vals, width, label=title)
         ax.set_xticks(np.arange(len(tasks)) + width * (len(runs) - 1) / 2, tasks, rotation=20)
         ax.set_ylabel("Pearson (mean over sites)")
-        ax.set_title("Per-task validation Pearson")
+        ax.set_title("Per-task test Pearson")
         ax.axhline(0, color="grey", lw=0.5)
         return fig, ax
 

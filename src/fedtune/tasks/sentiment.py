@@ -132,7 +132,7 @@ class Sentiment(Task):
                 "macro_f1": mean_or_none(m.get("macro_f1") for m in per_site)}
 
     def report_tables(self, results, runs, titles, summ) -> list[str]:
-        lines = ["## Validation accuracy and macro-F1 per site", "",
+        lines = ["## Test accuracy and macro-F1 per site (scored once)", "",
                  "| site | " + " | ".join(f"{t} acc / F1" for t in titles) + " |",
                  "|---|" + "---|" * len(runs)]
         for site in results["sites"]:
@@ -150,7 +150,7 @@ class Sentiment(Task):
         ax.bar(x + 0.2, [summ[r]["macro_f1"] or 0 for r in runs], 0.4, label="macro-F1")
         ax.set_xticks(x, titles)
         ax.set_ylim(0, 1)
-        ax.set_title("Validation accuracy and macro-F1 (mean over sites)")
+        ax.set_title("Test accuracy and macro-F1 (mean over sites)")
         return fig, ax
 
     # ---- demo
