@@ -142,6 +142,7 @@ def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: b
                            val_fraction=first.val_fraction)
         cfg = replace(first.train_config(), epochs=first.rounds * first.local_epochs)
         trunk_cfg = first.trunk_config()
+        results["splits"] = {site: split.record() for site, split in sites.items()}   # which rows were scored
         local = run_local(kind, sites, trunk_cfg, cfg, out)
         results["runs"]["local"], results["val_runs"]["local"] = local["test"], local["val"]
     for job in jobs:

@@ -139,6 +139,94 @@ def plot(results: dict, out: Path) -> list[str]:
     return names
 
 
+# ---- over split seeds (`fedtune compare --seeds 0,1,2`) ------------------------------------------------------
+def seed_summary(per_seed: dict) -> dict:
+    """{run: {path: {"mean", "sd", "min", "max", "seeds", "values"}}}: per split seed, the mean over sites of each
+    interval metric on the test splits (`per_seed`: {seed: results of one comparison})."""
+    import numpy as np
+
+    first = next(iter(per_seed.values()))
+    paths = get(first["kind"]).interval_paths()
+    out: dict = {}
+    for run in first["runs"]:
+        out[run] = {}
+        for p in paths:
+            values = {s: mean_or_none(metric_at(m, p) for m in r["runs"].get(run, {}).values())
+                      for s, r in per_seed.items()}
+            vals = np.array([v for v in values.values() if v is not None], dtype=float)
+            out[run][p] = {"values": values, "seeds": len(vals),
+                           "mean": float(vals.mean()) if len(vals) else None,
+                           "sd": float(vals.std(ddof=1)) if len(vals) > 1 else None,
+                           "min": float(vals.min()) if len(vals) else None,
+                           "max": float(vals.max()) if len(vals) else None}
+    return out
+
+
+def seeds_markdown(per_seed: dict, summ: dict, plots: list[str]) -> str:
+    first = next(iter(per_seed.values()))
+    task = get(first["kind"])
+    paths = task.interval_paths()
+    seeds = ", ".join(str(s) for s in per_seed)
+    lines = [f"# fedtune report: {first['kind']}, local vs federated over {len(per_seed)} split seeds ({seeds})", "",
+             f"- each seed re-splits every site into train / validation / test and retrains every run; per seed, "
+             f"the number is the mean over sites of the test-split metric (scored once), and the table gives the "
+             f"mean ± standard deviation over seeds [min, max], n = seeds",
+             "- one report per seed, with per-site n and bootstrap intervals: "
+             + ", ".join(f"[seed {s}](seed-{s}/report.md)" for s in per_seed), "",
+             "| run | " + " | ".join(paths) + " |", "|---|" + "---|" * len(paths)]
+    for run, per_path in summ.items():
+        cells = []
+        for p in paths:
+            c = per_path[p]
+            sd = "" if c["sd"] is None else f" ± {fmt(c['sd'])}"
+            cells.append(f"{fmt(c['mean'])}{sd} [{fmt(c['min'])}, {fmt(c['max'])}] (n={c['seeds']})")
+        lines.append(f"| {_title(run)} | " + " | ".join(cells) + " |")
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def plot_seeds(per_seed: dict, summ: dict, out: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    task = get(next(iter(per_seed.values()))["kind"])
+    key = task.interval_paths()[0]
+    runs = list(summ)
+    fig, ax = plt.subplots(figsize=(1.4 * len(runs) + 2, 3.8))
+    for i, run in enumerate(runs):
+        c = summ[run][key]
+        if c["mean"] is not None:
+            ax.bar(i, c["mean"], 0.6, yerr=c["sd"] or 0, capsize=4, color=plt.cm.tab10(i % 10))
+        for v in c["values"].values():
+            if v is not None:
+                ax.plot(i, v, "k.", ms=5)
+    ax.set_xticks(range(len(runs)), [_title(r) for r in runs], rotation=15)
+    ax.set_ylabel(f"test {task.key_metric_label} (mean over sites)")
+    ax.set_title(f"Over {len(per_seed)} split seeds: mean ± sd, dots = seeds")
+    ax.axhline(0, color="grey", lw=0.5)
+    fig.tight_layout()
+    fig.savefig(out / "seeds.png", dpi=120)
+    plt.close(fig)
+    return ["seeds.png"]
+
+
+def write_seeds_report(per_seed: dict, out: str | Path) -> Path:
+    """The report over split seeds (`per_seed`: {seed: results}; each seed's own report is in `out/seed-<s>/`):
+    report.md, results.json ({"seeds": {seed: results}, "summary": ...}) and seeds.png in `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summ = seed_summary(per_seed)
+    (out / "results.json").write_text(json.dumps({"kind": next(iter(per_seed.values()))["kind"],
+                                                  "seeds": {str(s): r for s, r in per_seed.items()},
+                                                  "summary": summ}, indent=2))
+    plots = plot_seeds(per_seed, summ, out)
+    path = out / "report.md"
+    path.write_text(seeds_markdown(per_seed, summ, plots))
+    return path
+
+
 def write_report(results: dict, out: str | Path) -> Path:
     """Write report.md, results.json and the plots into `out`; returns the path of report.md."""
     out = Path(out)

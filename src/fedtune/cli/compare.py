@@ -28,7 +28,10 @@ def compare_cmd(
     lr: Annotated[Optional[float], typer.Option(help="trunk learning rate")] = None,
     batch_size: Annotated[Optional[int], typer.Option()] = None,
     max_length: Annotated[Optional[int], typer.Option(help="tokens per chain / sentence")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="split and training seed")] = 0,
+    seeds: Annotated[Optional[str], typer.Option(
+        help="several split seeds, e.g. 0,1,2: each re-splits every site and reruns every run (OUT/seed-<s>/), "
+             "and OUT/report.md gives the mean and spread over seeds (replaces --seed)")] = None,
     workdir: Annotated[Optional[Path], typer.Option(help="federation workspace (kits, logs, job results); "
                                                          "default OUT/federation")] = None,
 ):
@@ -48,17 +51,36 @@ def compare_cmd(
     if len(task.head_modes) == 1:     # a kind without a choice of head modes
         head_modes = list(task.head_modes)
     assays = task.assays_from(assays_from or next(iter(sites.values())))
-    jobs = []
-    for mode in modes:
-        for h in head_modes:
-            name = "fedavg" + (f"-{mode}" if len(modes) > 1 else "") + (f"-{h}" if len(head_modes) > 1 else "")
-            try:
-                jobs.append(JobConfig.create(kind.value, trunk=trunk, mode=mode, max_length=max_length,
-                                             assays=assays, seed=seed, lr=lr, batch_size=batch_size, name=name,
-                                             rounds=rounds, local_epochs=local_epochs, heads=h,
-                                             min_sites=len(sites)))
-            except ValueError as exc:
-                fail(str(exc))
+    try:
+        seed_list = [int(s) for s in seeds.split(",")] if seeds else [seed]
+    except ValueError:
+        fail(f"--seeds {seeds!r}: give comma-separated integers, e.g. 0,1,2")
+    if len(set(seed_list)) != len(seed_list) or any(s < 0 for s in seed_list):
+        fail(f"--seeds {seeds!r}: seeds must be distinct and non-negative")
+
+    def jobs_for(s: int) -> list:
+        jobs = []
+        for mode in modes:
+            for h in head_modes:
+                name = "fedavg" + (f"-{mode}" if len(modes) > 1 else "") + (f"-{h}" if len(head_modes) > 1 else "")
+                try:
+                    jobs.append(JobConfig.create(kind.value, trunk=trunk, mode=mode, max_length=max_length,
+                                                 assays=assays, seed=s, lr=lr, batch_size=batch_size, name=name,
+                                                 rounds=rounds, local_epochs=local_epochs, heads=h,
+                                                 min_sites=len(sites)))
+                except ValueError as exc:
+                    fail(str(exc))
+        return jobs
+
+    plan = {s: jobs_for(s) for s in seed_list}      # every job checked before anything runs
     with LocalFederation(workdir or out / "federation", sites) as fed:
-        compare(fed, sites, jobs, out, baselines=baselines)
+        if not seeds:
+            compare(fed, sites, plan[seed], out, baselines=baselines)
+        else:
+            from fedtune.report import write_seeds_report
+            per_seed = {}
+            for i, (s, jobs) in enumerate(plan.items(), 1):
+                typer.echo(f"seed {s} ({i} of {len(plan)}): report in {out / f'seed-{s}'}")
+                per_seed[s] = compare(fed, sites, jobs, out / f"seed-{s}", baselines=baselines)
+            write_seeds_report(per_seed, out)
     typer.echo(f"report: {out / 'report.md'}")
