@@ -35,8 +35,9 @@ def test_round_trip_gives_identical_predictions(fitness_bundle):
         expected_global = model.apply_heads(emb)
         model.heads.load_state_dict({k.removeprefix("heads."): v for k, v in other.items()})
         expected_site = model.apply_heads(emb)
-    got_global = bundle.predict_fitness(data.heavy, data.light)
-    got_site = bundle.predict_fitness(data.heavy, data.light, "site-2")
+    pairs = list(zip(data.heavy, data.light))
+    got_global = bundle.predict(pairs)
+    got_site = bundle.predict(pairs, "site-2")
     for task in bundle.model.tasks:
         np.testing.assert_allclose(got_global[task], expected_global[task].numpy(), atol=1e-5)
         np.testing.assert_allclose(got_site[task], expected_site[task].numpy(), atol=1e-5)
@@ -47,7 +48,7 @@ def test_round_trip_gives_identical_predictions(fitness_bundle):
     assert m["trunk"]["trained_mode"] == "lora" and m["tasks"][0] == "aggregation"
     assert set(m["target_stats"]) == {"global", "site-2"}
     with pytest.raises(KeyError, match="site-9"):
-        bundle.predict_fitness(data.heavy[:1], data.light[:1], "site-9")
+        bundle.predict(pairs[:1], "site-9")
 
 
 def test_flipped_byte_in_a_weight_file_is_refused(fitness_bundle):
@@ -98,10 +99,10 @@ def test_sentiment_bundle_round_trip(tmp_path, tiny_text_trunk):
     bundle = load_bundle(save_bundle(tmp_path / "s", model, trunk_cfg=cfg))
     with torch.no_grad():
         expected = model(data.texts).softmax(-1).numpy()
-    np.testing.assert_allclose(bundle.predict_sentiment(data.texts), expected, atol=1e-5)
+    np.testing.assert_allclose(bundle.predict(data.texts, kind="sentiment"), expected, atol=1e-5)
     assert bundle.manifest["labels"] == ["negative", "neutral", "positive"]
     with pytest.raises(BundleError, match="cannot predict fitness"):
-        bundle.predict_fitness(["EVQL"], ["DIQM"])
+        bundle.predict([("EVQL", "DIQM")], kind="fitness")
 
 
 def test_ptuning_bundle_serves_the_learned_virtual_tokens(tmp_path, tiny_antibody_trunk):
@@ -112,6 +113,6 @@ def test_ptuning_bundle_serves_the_learned_virtual_tokens(tmp_path, tiny_antibod
     assert bundle.manifest["trunk"]["virtual_tokens"] == 5
     with torch.no_grad():
         expected = model(data.heavy, data.light)
-    got = bundle.predict_fitness(data.heavy, data.light)
+    got = bundle.predict(list(zip(data.heavy, data.light)))
     for task, value in expected.items():
         np.testing.assert_allclose(got[task], value.numpy(), atol=1e-5)
