@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -89,6 +90,16 @@ def test_broken_bundles_get_clear_errors(fitness_bundle, damage):
         (path / "manifest.json").write_text(json.dumps(m))
         match = "not supported"
     with pytest.raises(BundleError, match=match):
+        load_bundle(path)
+
+
+@pytest.mark.parametrize("kind", ["stability", ["fitness"], None])
+def test_a_manifest_of_an_unknown_kind_is_refused(fitness_bundle, kind):
+    path = fitness_bundle[0]
+    m = json.loads((path / "manifest.json").read_text())
+    m["kind"] = kind
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=re.escape(f"unknown kind {kind!r}")):
         load_bundle(path)
 
 
