@@ -92,8 +92,8 @@ def save_bundle(out_dir: str | Path, model: nn.Module, *, trunk_cfg: TrunkConfig
     heads (`site_heads[site]` = a state dict with keys `heads.<task>....` or `<task>....`).
 
     `stats` are the target statistics of the global heads (the kind's `fit_stats`; required when the kind
-    `needs_stats`); `site_stats[site]` those of a site's heads (default: `stats`). `out_dir` becomes a symlink to a new version folder (see the module docstring);
-    anything at `out_dir` other than an earlier bundle raises PublishError (a ValueError), untouched."""
+    `needs_stats`); `site_stats[site]` those of a site's heads (default: `stats`). `out_dir` becomes a symlink
+    to a new version folder (see the module docstring); anything at `out_dir` other than an earlier bundle raises PublishError (a ValueError), untouched."""
     out_dir = Path(out_dir)
     check_target(out_dir, is_bundle_folder)
     kind = model.kind

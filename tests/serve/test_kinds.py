@@ -18,7 +18,7 @@ def test_the_service_and_every_kind_api_import_neither_train_nor_fl():
     assert out.strip() == "[]"
 
 
-def test_every_kind_is_served_with_its_own_typed_bodies(client):
+def test_every_kind_is_served_with_its_own_typed_bodies(server, client):
     spec = client.get("/openapi.json").json()
     for kind in kinds():
         api = get(kind).api
@@ -31,7 +31,9 @@ def test_every_kind_is_served_with_its_own_typed_bodies(client):
         assert answer == f"#/components/schemas/{api.response_model.__name__}"
         meta = client.get(f"/v2/models/{kind}")
         assert meta.status_code == 200, meta.text
-        assert [i["name"] for i in meta.json()["inputs"]] == list(api.v2_inputs)
+        model = server.app.state.registry.get(kind)
+        assert [i["name"] for i in meta.json()["inputs"]] == list(api.v2_inputs(model))
+        assert meta.json()["outputs"] == api.v2_outputs(model)
     name = spec["paths"]["/v2/models/{name}/infer"]["post"]["parameters"][0]
     assert name["name"] == "name" and name["schema"]["examples"] == list(kinds())
     assert name["description"] == "the model: " + " or ".join(kinds())

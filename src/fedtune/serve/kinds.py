@@ -18,7 +18,6 @@ class KindApi:
     summary: str                         # the route's OpenAPI summary
     description: str                     # and its description
     noun: str                            # what a request's items are called in count errors ("texts")
-    v2_inputs: tuple[str, ...]           # KServe v2: the BYTES input tensors, one element per item each
 
     # ---- /v1 -------------------------------------------------------------------------------------------
     def count(self, body) -> int:
@@ -40,6 +39,10 @@ class KindApi:
         raise NotImplementedError
 
     # ---- KServe v2 -------------------------------------------------------------------------------------
+    def v2_inputs(self, model) -> tuple[str, ...]:
+        """The BYTES input tensors the model takes, one element per item each."""
+        raise NotImplementedError
+
     def v2_outputs(self, model) -> list[dict]:
         """The output tensors (name, datatype, shape with -1 for the item axis) of the model metadata."""
         raise NotImplementedError

@@ -53,9 +53,9 @@ class LoadedModel:
 def warm_up(bundle: Bundle) -> None:
     """One prediction of the kind's `warmup_items` per head set (compiles kernels, touches every weight);
     refuses non-finite output."""
-    items = list(get(bundle.kind).warmup_items)
+    items = get(bundle.kind).warmup_items(bundle.model)
     if not items:
-        raise ReloadError(f"{bundle.path}: the {bundle.kind} kind declares no warm-up items (Task.warmup_items)")
+        raise ReloadError(f"{bundle.path}: the {bundle.kind} kind gives no warm-up items (Task.warmup_items)")
     for name in bundle.head_sets:
         out = bundle.predict(items, head_set=name)
         values = np.concatenate([v.ravel() for v in (out.values() if isinstance(out, dict) else [out])])

@@ -102,7 +102,7 @@ def _model(request: Request, name: str, version: str | None = None) -> LoadedMod
 
 def metadata(m: LoadedModel) -> ModelMetadata:
     api = get(m.bundle.kind).api
-    inputs = [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in api.v2_inputs]
+    inputs = [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in api.v2_inputs(m)]
     return ModelMetadata(name=m.name, versions=[m.version], platform="pytorch", inputs=inputs,
                          outputs=api.v2_outputs(m),
                          parameters={"sites": m.bundle.sites, "digest": m.bundle.digest})
@@ -169,7 +169,7 @@ async def _infer(request: Request, name: str, req: InferRequest, version: str | 
     model = _model(request, name, version)
     api = get(model.bundle.kind).api
     binary = binary_outputs(req.parameters, req.outputs, [o["name"] for o in api.v2_outputs(model)])
-    inputs = _bytes_input(req, name, api.v2_inputs)
+    inputs = _bytes_input(req, name, api.v2_inputs(model))
     n = len(next(iter(inputs.values())))
     check_count(n, settings.max_items, "items")
     site = param(req, "site", str)

@@ -238,12 +238,15 @@ class Task(ABC):
 
     # ---- serving (bundle.predict, serve/): items in, head outputs out ----------------------------------
     # An item is one request row as the kind's API validated it (a text, a (heavy, light) pair, ...).
-    warmup_items: tuple = ()             # valid items the service predicts once per head set before serving
     api_module: str | None = None        # module under fedtune.tasks holding `API`, the kind's REST side
 
+    def warmup_items(self, model) -> list:
+        """Valid items for `model` that the service predicts once per head set before serving it."""
+        return []
+
     def item_length(self, item) -> int:
-        """A size of `item` in characters: the batcher sorts and packs items by it."""
-        return len(item)
+        """A size of `item` in characters (a tuple: of its parts together): the batcher sorts and packs by it."""
+        return sum(len(part) for part in item) if isinstance(item, tuple) else len(item)
 
     def tokenize(self, model, items: list) -> dict:
         """The trunk's tokens of `items` (what `model.embed_tokens` takes)."""

@@ -252,12 +252,11 @@ class Fitness(Task):
         return FitnessModel(trunk, [Assay.from_dict(a) for a in manifest["assays"]], hidden)
 
     # ---- serving: an item is a (heavy, light) pair; `tasks` picks the heads to apply
-    warmup_items = (("EVQLVESGGGLVQPGGSLRLSCAASGFTFSSYAMSWVRQAPGKGLEWVS",
-                     "DIQMTQSPSSLSASVGDRVTITCRASQSISSYLNWYQQKPGKAPKLLIY"),)
     api_module = "fitness_api"
 
-    def item_length(self, item) -> int:
-        return len(item[0]) + len(item[1])
+    def warmup_items(self, model) -> list[tuple[str, str]]:
+        return [("EVQLVESGGGLVQPGGSLRLSCAASGFTFSSYAMSWVRQAPGKGLEWVS",
+                 "DIQMTQSPSSLSASVGDRVTITCRASQSISSYLNWYQQKPGKAPKLLIY")]
 
     def tokenize(self, model: FitnessModel, items: list) -> dict:
         return model.tokenize([h for h, _ in items], [lt for _, lt in items])

@@ -133,11 +133,11 @@ def fitness_arrays(model: LoadedModel, result: dict, heads: HeadChoice, tasks: l
 class FitnessApi(KindApi):
     request_model, response_model = FitnessRequest, FitnessResponse
     summary = "Score antibodies on the fitness tasks"
-    description = """Per antibody, a score per task: the mean of the task's assay outputs as oriented z-scores (higher is
+    description = """
+    Per antibody, a score per task: the mean of the task's assay outputs as oriented z-scores (higher is
     more favourable). `assays` adds those assays in their own units. Without `site`: the global heads, or the
     mean over all sites' heads when the bundle holds private heads only (the response's `heads` says which)."""
     noun = "antibodies"
-    v2_inputs = ("heavy", "light")
 
     def count(self, body: FitnessRequest) -> int:
         return len(body.antibodies)
@@ -161,6 +161,9 @@ class FitnessApi(KindApi):
                                     measure=a.measure, favourable=a.favourable) for a in assays} if assays else None
             preds.append(FitnessPrediction(id=ab.id if ab.id is not None else str(i), scores=scores, assays=av))
         return FitnessResponse(**meta(model, heads), tasks=tasks, predictions=preds)
+
+    def v2_inputs(self, model) -> tuple[str, ...]:
+        return ("heavy", "light")
 
     def v2_outputs(self, model) -> list[dict]:
         return [{"name": t, "datatype": "FP32", "shape": [-1]} for t in model.bundle.model.tasks]

@@ -170,8 +170,10 @@ class Sentiment(Task):
         return SentimentModel(trunk, hidden)
 
     # ---- serving: an item is a text; the head's softmax (`activate`) is the prediction
-    warmup_items = ("Operating profit rose compared with the previous quarter.",)
     api_module = "sentiment_api"
+
+    def warmup_items(self, model) -> list[str]:
+        return ["Operating profit rose compared with the previous quarter."]
 
 
 TASK = Sentiment()

@@ -74,7 +74,6 @@ class SentimentApi(KindApi):
     summary = "Classify financial sentences"
     description = "Per text, the label and the three class probabilities (negative, neutral, positive)."
     noun = "texts"
-    v2_inputs = ("text",)
     v2_names = ("label", "probabilities")
 
     def count(self, body: SentimentRequest) -> int:
@@ -89,6 +88,9 @@ class SentimentApi(KindApi):
         preds = [SentimentPrediction(label=labels[int(p.argmax())],
                                      probabilities={lab: float(v) for lab, v in zip(labels, p)}) for p in probs]
         return SentimentResponse(**meta(model, heads), predictions=preds)
+
+    def v2_inputs(self, model) -> tuple[str, ...]:
+        return ("text",)
 
     def v2_outputs(self, model) -> list[dict]:
         return [{"name": "label", "datatype": "BYTES", "shape": [-1]},
