@@ -88,12 +88,12 @@ def naive_fitness(bundle, heavy, light, device) -> dict:
     """One antibody at a time, one trunk pass per task."""
     tasks = bundle.model.tasks
     for h, lt in zip(heavy, light):     # warm pass: kernels for every sequence length (the served runs get one too)
-        bundle.predict_fitness([h], [lt], tasks=[tasks[0]])
+        bundle.predict([(h, lt)], tasks=[tasks[0]])
     sync(device)
     start = time.perf_counter()
     for h, lt in zip(heavy, light):
         for t in tasks:
-            bundle.predict_fitness([h], [lt], tasks=[t])
+            bundle.predict([(h, lt)], tasks=[t])
     sync(device)
     secs = time.perf_counter() - start
     return {"what": "one antibody per call, one trunk pass per task (6), fp32, in-process (no HTTP)",
@@ -102,11 +102,11 @@ def naive_fitness(bundle, heavy, light, device) -> dict:
 
 def naive_sentiment(bundle, texts, device) -> dict:
     for t in texts:
-        bundle.predict_sentiment([t])
+        bundle.predict([t])
     sync(device)
     start = time.perf_counter()
     for t in texts:
-        bundle.predict_sentiment([t])
+        bundle.predict([t])
     sync(device)
     secs = time.perf_counter() - start
     return {"what": "one text per call, fp32, in-process (no HTTP)", "texts": len(texts), "seconds": secs,
@@ -229,7 +229,7 @@ def main() -> None:
 
         # the served numbers must be the bundle's own predictions (bf16 on CUDA: looser)
         n_check = min(32, args.antibodies)
-        direct = fit.predict_fitness(heavy[:n_check], light[:n_check])
+        direct = fit.predict(list(zip(heavy[:n_check], light[:n_check])))
         got = {t: [] for t in direct}
         for r in responses:
             for pred in r["predictions"]:
@@ -239,7 +239,7 @@ def main() -> None:
         max_diff = max(float(np.max(np.abs(np.array(got[t]) - direct[t].mean(1)))) for t in direct)
         probs = np.array([[p["probabilities"][lab] for lab in ("negative", "neutral", "positive")]
                           for r in sent_responses for p in r["predictions"]])
-        sent_diff = float(np.max(np.abs(probs[:n_check] - sent.predict_sentiment(texts[:n_check]))))
+        sent_diff = float(np.max(np.abs(probs[:n_check] - sent.predict(texts[:n_check]))))
 
     batches = [line for line in metrics.splitlines() if line.startswith("fedtune_batch_size_")]
     result = {

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -35,8 +36,9 @@ def test_round_trip_gives_identical_predictions(fitness_bundle):
         expected_global = model.apply_heads(emb)
         model.heads.load_state_dict({k.removeprefix("heads."): v for k, v in other.items()})
         expected_site = model.apply_heads(emb)
-    got_global = bundle.predict_fitness(data.heavy, data.light)
-    got_site = bundle.predict_fitness(data.heavy, data.light, "site-2")
+    pairs = list(zip(data.heavy, data.light))
+    got_global = bundle.predict(pairs)
+    got_site = bundle.predict(pairs, "site-2")
     for task in bundle.model.tasks:
         np.testing.assert_allclose(got_global[task], expected_global[task].numpy(), atol=1e-5)
         np.testing.assert_allclose(got_site[task], expected_site[task].numpy(), atol=1e-5)
@@ -47,7 +49,7 @@ def test_round_trip_gives_identical_predictions(fitness_bundle):
     assert m["trunk"]["trained_mode"] == "lora" and m["tasks"][0] == "aggregation"
     assert set(m["target_stats"]) == {"global", "site-2"}
     with pytest.raises(KeyError, match="site-9"):
-        bundle.predict_fitness(data.heavy[:1], data.light[:1], "site-9")
+        bundle.predict(pairs[:1], "site-9")
 
 
 def test_flipped_byte_in_a_weight_file_is_refused(fitness_bundle):
@@ -91,6 +93,16 @@ def test_broken_bundles_get_clear_errors(fitness_bundle, damage):
         load_bundle(path)
 
 
+@pytest.mark.parametrize("kind", ["stability", ["fitness"], None])
+def test_a_manifest_of_an_unknown_kind_is_refused(fitness_bundle, kind):
+    path = fitness_bundle[0]
+    m = json.loads((path / "manifest.json").read_text())
+    m["kind"] = kind
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=re.escape(f"unknown kind {kind!r}")):
+        load_bundle(path)
+
+
 def test_sentiment_bundle_round_trip(tmp_path, tiny_text_trunk):
     data = synthetic_sentiment(10)
     cfg = TrunkConfig(str(tiny_text_trunk), mode="full")
@@ -98,10 +110,10 @@ def test_sentiment_bundle_round_trip(tmp_path, tiny_text_trunk):
     bundle = load_bundle(save_bundle(tmp_path / "s", model, trunk_cfg=cfg))
     with torch.no_grad():
         expected = model(data.texts).softmax(-1).numpy()
-    np.testing.assert_allclose(bundle.predict_sentiment(data.texts), expected, atol=1e-5)
+    np.testing.assert_allclose(bundle.predict(data.texts, kind="sentiment"), expected, atol=1e-5)
     assert bundle.manifest["labels"] == ["negative", "neutral", "positive"]
     with pytest.raises(BundleError, match="cannot predict fitness"):
-        bundle.predict_fitness(["EVQL"], ["DIQM"])
+        bundle.predict([("EVQL", "DIQM")], kind="fitness")
 
 
 def test_ptuning_bundle_serves_the_learned_virtual_tokens(tmp_path, tiny_antibody_trunk):
@@ -112,6 +124,6 @@ def test_ptuning_bundle_serves_the_learned_virtual_tokens(tmp_path, tiny_antibod
     assert bundle.manifest["trunk"]["virtual_tokens"] == 5
     with torch.no_grad():
         expected = model(data.heavy, data.light)
-    got = bundle.predict_fitness(data.heavy, data.light)
+    got = bundle.predict(list(zip(data.heavy, data.light)))
     for task, value in expected.items():
         np.testing.assert_allclose(got[task], value.numpy(), atol=1e-5)

@@ -2,9 +2,10 @@
 
 A bundle is a folder that holds everything needed to serve a trained model and nothing else:
 
-    manifest.json                 format version, kind, trunk architecture + config, tokenizer files, tasks and
-                                  assays (or labels), per-head-set target statistics, sites, which head sets are
-                                  global / per site, metrics, provenance, tensor shapes, sha256 of every file
+    manifest.json                 format version, kind, trunk architecture + config, tokenizer files, the kind's
+                                  own fields (`Task.manifest_fields`: e.g. tasks and assays, or labels),
+                                  per-head-set target statistics, sites, which head sets are global / per site,
+                                  metrics, provenance, tensor shapes, sha256 of every file
     trunk/config.json, tokenizer files, trunk/model.safetensors   a plain Hugging Face encoder folder
     heads/global.safetensors      heads averaged by the server (shared heads / local training)
     heads/<site>.safetensors      a site's own heads (private heads published at the end of a job)
@@ -38,12 +39,10 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 from torch import nn
 
-from .data.flab import Assay
-from .data.fpb import SENTIMENT_LABELS
-from .data.stats import AssayStats
-from .models import FitnessModel, SentimentModel, TrunkConfig, load_trunk, merge_trunk
+from .models import TrunkConfig, load_trunk, merge_trunk
 from .models.modes import FixedPrompt
 from .publish import check_target, new_version, publish
+from .tasks import UnknownKind, get
 
 FORMAT = "fedtune-bundle"
 FORMAT_VERSION = 1
@@ -84,22 +83,23 @@ def is_bundle_folder(path: Path) -> bool:
 
 
 def save_bundle(out_dir: str | Path, model: nn.Module, *, trunk_cfg: TrunkConfig,
-                stats: AssayStats | None = None, include_global: bool = True,
+                stats=None, include_global: bool = True,
                 site_heads: dict[str, dict[str, torch.Tensor]] | None = None,
-                site_stats: dict[str, AssayStats] | None = None, heads_mode: str = "shared",
+                site_stats: dict | None = None, heads_mode: str = "shared",
                 sites: list[str] | None = None, metrics: dict | None = None,
                 provenance: dict | None = None) -> Path:
     """Write `model` (its trunk, and its heads as the global head set when include_global) plus any per-site
     heads (`site_heads[site]` = a state dict with keys `heads.<task>....` or `<task>....`).
 
-    `stats` are the target statistics of the global heads; `site_stats[site]` those of a site's heads
-    (default: `stats`). `out_dir` becomes a symlink to a new version folder (see the module docstring);
-    anything at `out_dir` other than an earlier bundle raises PublishError (a ValueError), untouched."""
+    `stats` are the target statistics of the global heads (the kind's `fit_stats`; required when the kind
+    `needs_stats`); `site_stats[site]` those of a site's heads (default: `stats`). `out_dir` becomes a symlink
+    to a new version folder (see the module docstring); anything at `out_dir` other than an earlier bundle raises PublishError (a ValueError), untouched."""
     out_dir = Path(out_dir)
     check_target(out_dir, is_bundle_folder)
     kind = model.kind
-    if kind == "fitness" and stats is None:
-        raise ValueError("a fitness bundle needs the assay statistics")
+    task = get(kind)
+    if task.needs_stats and stats is None:
+        raise ValueError(f"a {kind} bundle needs the target statistics")
     site_heads = site_heads or {}
     if not include_global and not site_heads:
         raise ValueError("a bundle needs global heads or at least one site's heads")
@@ -162,11 +162,7 @@ def save_bundle(out_dir: str | Path, model: nn.Module, *, trunk_cfg: TrunkConfig
             "tensors": tensors,
             "files": {str(p.relative_to(tmp)): sha256_file(p) for p in files},
         }
-        if kind == "fitness":
-            manifest["tasks"] = list(model.tasks)
-            manifest["assays"] = [a.to_dict() for a in model.assays]
-        else:
-            manifest["labels"] = list(SENTIMENT_LABELS)
+        manifest.update(task.manifest_fields(model))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))
         publish(tmp, out_dir, is_bundle_folder)
     except BaseException:
@@ -182,7 +178,7 @@ class Bundle:
     manifest: dict
     model: nn.Module                       # trunk + the default head set, eval mode
     head_sets: dict[str, nn.ModuleDict]    # "global" and/or site names
-    stats: dict[str, AssayStats] = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)     # head set -> target statistics (kinds that need them)
     digest: str = ""                       # sha256 of manifest.json: identifies this exact bundle
 
     @property
@@ -210,25 +206,20 @@ class Bundle:
         return [GLOBAL] if self.has_global else self.sites
 
     @torch.inference_mode()
-    def predict_fitness(self, heavy: list[str], light: list[str], head_set: str | None = None,
-                        tasks: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Oriented z per assay output, {task: [B, n_assays_of_task]}; the mean over sites when no global
-        heads exist and no site is named. One trunk pass, fanned out to the heads."""
-        if self.kind != "fitness":
-            raise BundleError(f"{self.path}: a {self.kind} bundle cannot predict fitness")
-        emb = self.model.embed(heavy, light).float()
-        names = self.resolve_sets(head_set)
-        outs = [self.model.apply_heads(emb, self.head_sets[n], tasks) for n in names]
-        return {t: torch.stack([o[t].float() for o in outs]).mean(0).cpu().numpy() for t in outs[0]}
-
-    @torch.inference_mode()
-    def predict_sentiment(self, texts: list[str], head_set: str | None = None) -> np.ndarray:
-        if self.kind != "sentiment":
-            raise BundleError(f"{self.path}: a {self.kind} bundle cannot predict sentiment")
-        emb = self.model.embed(texts).float()
-        probs = [self.model.apply_heads(emb, self.head_sets[n]).float().softmax(-1)
-                 for n in self.resolve_sets(head_set)]
-        return torch.stack(probs).mean(0).cpu().numpy()
+    def predict(self, items: list, head_set: str | None = None, *, kind: str | None = None, **opts):
+        """Predictions for `items` (in the kind's item form: a text, a (heavy, light) pair, ...) as the kind's
+        `head_outputs` gives them (an array, or a dict of arrays, float32, first axis the items); the mean over
+        sites when no global heads exist and no site is named. One trunk pass, fanned out to the heads.
+        `kind`: the kind the caller expects (a bundle of another kind raises BundleError); `opts`: the kind's
+        options (e.g. `tasks`)."""
+        if kind is not None and kind != self.kind:
+            raise BundleError(f"{self.path}: a {self.kind} bundle cannot predict {kind}")
+        task = get(self.kind)
+        emb = self.model.embed_tokens(task.tokenize(self.model, list(items))).float()
+        outs = [task.head_outputs(self.model, emb, self.head_sets[n], **opts) for n in self.resolve_sets(head_set)]
+        if isinstance(outs[0], dict):
+            return {k: np.mean(np.stack([o[k] for o in outs]), axis=0) for k in outs[0]}
+        return np.mean(np.stack(outs), axis=0)
 
 
 def _parse_manifest(raw: bytes, mpath: Path) -> dict:
@@ -365,7 +356,10 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     manifest = _parse_manifest(raw, root / MANIFEST)
     files = _Files(root, manifest)
     try:
-        kind = manifest["kind"]
+        task = get(manifest.get("kind"))
+    except UnknownKind:
+        raise BundleError(f"{root}: unknown kind {manifest.get('kind')!r}") from None
+    try:
         with tempfile.TemporaryDirectory(prefix="fedtune-trunk-") as tmp:
             cfg = TrunkConfig.from_dict({**manifest["trunk"]["config"],
                                          "source": str(files.trunk_folder(manifest, Path(tmp)))})
@@ -377,12 +371,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
             _load_into(trunk.prompt, files.tensors("trunk/prompt.safetensors", manifest), root,
                        "trunk/prompt.safetensors")
         hidden = tuple(manifest["heads"]["hidden"])
-        if kind == "fitness":
-            model = FitnessModel(trunk, [Assay.from_dict(a) for a in manifest["assays"]], hidden)
-        elif kind == "sentiment":
-            model = SentimentModel(trunk, hidden)
-        else:
-            raise BundleError(f"{root}: unknown kind {kind!r}")
+        model = task.model_from_manifest(trunk, manifest, hidden)
         head_sets = {}
         for name, spec in manifest["heads"]["sets"].items():
             heads = model.new_heads()
@@ -393,8 +382,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         for rel in manifest["tensors"]:
             files.named(rel)
         files.read_rest()                        # every listed file is verified, used or not
-        stats = {name: AssayStats.from_dict(d) for name, d in manifest.get("target_stats", {}).items()}
-        if kind == "fitness" and set(stats) != set(head_sets):
+        stats = {name: task.stats_from_dict(d) for name, d in manifest.get("target_stats", {}).items()}
+        if task.needs_stats and set(stats) != set(head_sets):
             raise BundleError(f"{root}: target statistics missing for head sets "
                               f"{sorted(set(head_sets) - set(stats))}")
     except (KeyError, TypeError, ValueError, AttributeError, OSError) as exc:

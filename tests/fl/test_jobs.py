@@ -73,7 +73,7 @@ def test_fitness_job_trunks_match_global_heads_follow_mode(federation, make_job,
     for site, folder in federation.site_data.items():
         _, val = load_site("fitness", folder, seed=job["seed"], val_fraction=job["val_fraction"])
         head_set = site if heads == "private" else None
-        z = bundle.predict_fitness(val.heavy, val.light, head_set)
+        z = bundle.predict(list(zip(val.heavy, val.light)), head_set)
         pred = np.concatenate([z[t] for t in bundle.model.tasks], axis=1)
         stats = bundle.stats[site if heads == "private" else "global"]
         got = fitness_metrics(pred, val.labels, val.assays, stats)
@@ -97,5 +97,5 @@ def test_sentiment_job_reports_accuracy_per_site(federation, make_job, tiny_text
     bundle = load_bundle(export_bundle(result, tmp_path / "bundle"))
     for site, folder in federation.site_data.items():
         _, val = load_site("sentiment", folder, seed=0, val_fraction=0.2)
-        got = sentiment_metrics(bundle.predict_sentiment(val.texts), val.labels)
+        got = sentiment_metrics(bundle.predict(val.texts), val.labels)
         assert got["accuracy"] == pytest.approx(summary["sites"][site]["final_val"]["accuracy"], abs=1e-6)

@@ -47,7 +47,7 @@ class Stuck:
 
 
 def _job(bundle, pairs) -> Job:
-    return Job(items=list(pairs), head_sets=("global",), tasks=tuple(bundle.model.tasks))
+    return Job(items=list(pairs), head_sets=("global",), opts={"tasks": tuple(bundle.model.tasks)})
 
 
 def test_one_failing_request_does_not_fail_the_rest_of_its_batch(global_bundle_a):
@@ -65,7 +65,7 @@ def test_one_failing_request_does_not_fail_the_rest_of_its_batch(global_bundle_a
             bad.future.result(120)
     finally:
         batcher.close(wait=30)
-    expected = bundle.predict_fitness([h for h, _ in pairs], [lt for _, lt in pairs])
+    expected = bundle.predict(pairs)
     for task, values in expected.items():
         got = np.concatenate([results[0]["global"][task], results[1]["global"][task]])
         np.testing.assert_allclose(got, values, atol=1e-4)

@@ -26,7 +26,7 @@ def sentiment(sentiment_bundle):
 
 
 def _expected_scores(bundle, abs_, head_set=None):
-    out = bundle.predict_fitness([a["heavy"] for a in abs_], [a["light"] for a in abs_], head_set=head_set)
+    out = bundle.predict([(a["heavy"], a["light"]) for a in abs_], head_set=head_set)
     return {t: v.mean(1) for t, v in out.items()}, out
 
 
@@ -66,7 +66,7 @@ def test_assays_in_their_units_and_task_subset(client, fitness):
                                                                                 "thermostability", 0)):
         values = []
         for site in fitness.sites:          # mean over sites of each site's value in its own units
-            z = fitness.predict_fitness(heavy, light, head_set=site)[task][:, col]
+            z = fitness.predict(list(zip(heavy, light)), head_set=site)[task][:, col]
             st = fitness.stats[site]
             k = st.index(key)
             values.append(st.mean[k] + st.sign[k] * z * st.std[k])
@@ -81,7 +81,7 @@ def test_sentiment_equals_the_bundle(client, sentiment):
         r = client.post("/v1/sentiment/predict", json={"texts": ts, "site": site})
         assert r.status_code == 200, r.text
         resp = r.json()
-        expected = sentiment.predict_sentiment(ts, head_set=site)
+        expected = sentiment.predict(ts, head_set=site)
         got = np.array([[p["probabilities"][lab] for lab in ("negative", "neutral", "positive")]
                         for p in resp["predictions"]])
         np.testing.assert_allclose(got, expected, atol=ATOL)
@@ -158,7 +158,7 @@ def test_kserve_v2(client, fitness, sentiment):
     assert r.status_code == 200, r.text
     outs = {o["name"]: o for o in r.json()["outputs"]}
     assert outs["probabilities"]["shape"] == [2, 3]
-    np.testing.assert_allclose(np.reshape(outs["probabilities"]["data"], (2, 3)), sentiment.predict_sentiment(ts),
+    np.testing.assert_allclose(np.reshape(outs["probabilities"]["data"], (2, 3)), sentiment.predict(ts),
                                atol=ATOL)
     assert len(outs["label"]["data"]) == 2
 

@@ -1,7 +1,9 @@
 """FastAPI inference service over fedtune export bundles (see docs/serve.md).
 
 settings (FEDTUNE_* environment), registry (loaded models, hot reload), batcher (micro-batching worker per
-model), metrics (Prometheus), schemas, routes_v1 / routes_v2 (KServe Open Inference Protocol), app, server.
+model), metrics (Prometheus), schemas, kinds (what a task kind's REST side gives: `fedtune.tasks.<kind>_api`),
+predict (the generic steps of a prediction), routes_v1 / routes_v2 (KServe Open Inference Protocol; one route
+per kind), app, server.
 Heavy imports (torch, transformers) happen when a model is loaded, not on `import fedtune.serve`.
 """
 

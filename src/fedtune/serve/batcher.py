@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..tasks import get
+
 log = logging.getLogger(__name__)
 
 
@@ -39,9 +41,9 @@ class WorkerDead(RuntimeError):
 
 @dataclass(eq=False)
 class Job:
-    items: list                       # fitness: (heavy, light) pairs; sentiment: texts
+    items: list                       # in the kind's item form (`Task.item_length`, `Task.tokenize`)
     head_sets: tuple[str, ...]
-    tasks: tuple[str, ...] | None = None
+    opts: dict = field(default_factory=dict)    # the kind's options for its heads (`Task.head_outputs`)
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
     taken: int = 0                    # items handed to the worker so far
@@ -52,16 +54,13 @@ class Job:
         return len(self.items)
 
 
-def item_length(item) -> int:
-    return len(item[0]) + len(item[1]) if isinstance(item, tuple) else len(item)
-
-
 class MicroBatcher:
     def __init__(self, name: str, bundle, *, max_batch: int = 64, max_wait_ms: float = 5.0,
                  max_batch_tokens: int = 16384, max_queue: int = 4096, metrics=None):
         self.name = name
         self.bundle = bundle
         self.model = bundle.model
+        self.task = get(bundle.kind)
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.max_batch_tokens = max_batch_tokens
@@ -209,10 +208,11 @@ class MicroBatcher:
 
     def _embed(self, slices) -> None:
         refs = [(job, i) for job, start, end in slices for i in range(start, end)]
-        refs.sort(key=lambda r: item_length(r[0].items[r[1]]))
+        length_of = self.task.item_length
+        refs.sort(key=lambda r: length_of(r[0].items[r[1]]))
         chunks, chunk, longest = [], [], 0
         for ref in refs:    # length-sorted: each chunk pads to its own longest item only
-            length = item_length(ref[0].items[ref[1]]) + 4
+            length = length_of(ref[0].items[ref[1]]) + 4
             if chunk and (len(chunk) + 1) * max(longest, length) > self.max_batch_tokens:
                 chunks.append(chunk)
                 chunk, longest = [], 0
@@ -223,10 +223,7 @@ class MicroBatcher:
         with torch.inference_mode(), self._autocast():
             for chunk in chunks:
                 items = [job.items[i] for job, i in chunk]
-                if self.bundle.kind == "fitness":
-                    tokens = self.model.tokenize([h for h, _ in items], [lt for _, lt in items])
-                else:
-                    tokens = self.model.tokenize(items)
+                tokens = self.task.tokenize(self.model, items)
                 emb = self.model.embed_tokens(tokens).float()
                 for row, (job, i) in enumerate(chunk):
                     if job.emb is None:
@@ -235,17 +232,10 @@ class MicroBatcher:
                     job.done += 1
 
     def _heads(self, job: Job) -> dict:
-        """{head_set: {task: np.ndarray [n, n_assays]}} (fitness) or {head_set: probabilities [n, 3]}."""
-        out = {}
+        """{head_set: the kind's `head_outputs`} (an array, or a dict of arrays, per head set)."""
         with torch.inference_mode():
-            for name in job.head_sets:
-                heads = self.bundle.head_sets[name]
-                if self.bundle.kind == "fitness":
-                    res = self.model.apply_heads(job.emb, heads, list(job.tasks) if job.tasks else None)
-                    out[name] = {t: v.float().cpu().numpy() for t, v in res.items()}
-                else:
-                    out[name] = self.model.apply_heads(job.emb, heads).float().softmax(-1).cpu().numpy()
-        return out
+            return {name: self.task.head_outputs(self.model, job.emb, self.bundle.head_sets[name], **job.opts)
+                    for name in job.head_sets}
 
 
 def _resolve(future: Future, result=None, exc: BaseException | None = None) -> None:

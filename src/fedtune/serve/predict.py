@@ -1,4 +1,6 @@
-"""Validation and result assembly shared by the /v1 and /v2 routes. Model code runs in the batcher only."""
+"""The generic steps of a prediction shared by the /v1 and /v2 routes and the kinds' APIs (`serve.kinds`): the
+model, the item count, the head sets, the batcher run, request parameters and outputs. Model code runs in the
+batcher only; a kind's own validation and results are in its API module (`fedtune.tasks.<kind>_api`)."""
 
 from __future__ import annotations
 
@@ -6,15 +8,13 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-import numpy as np
-
-from ..data.sequences import AMINO_ACIDS, bad_residue_position, chain_problem, normalise
 from .batcher import BatcherClosed, Job, QueueFull, WorkerDead
 from .errors import ApiError
 from .registry import LoadedModel, Registry
 
 log = logging.getLogger(__name__)
-MAX_LISTED_PROBLEMS = 20
+MAX_LISTED_PROBLEMS = 20     # problems listed in a 422's details
+
 
 def model_or_404(registry: Registry, name: str) -> LoadedModel:
     model = registry.get(name)
@@ -30,54 +30,6 @@ def check_count(n: int, limit: int, what: str) -> None:
     if n > limit:
         raise ApiError(413, "too_many_items", f"{n} {what} in one request exceed the limit of {limit}",
                        {"limit": limit, "given": n})
-
-
-def validate_chains(antibodies: list[tuple[str | None, str, str]], max_length: int) -> list[tuple[str, str]]:
-    """[(id, heavy, light)] -> normalised (heavy, light) pairs, or a 422 naming index, chain and position."""
-    pairs, problems = [], []
-    for i, (ident, heavy, light) in enumerate(antibodies):
-        chains = {"heavy": normalise(heavy), "light": normalise(light)}
-        for chain, seq in chains.items():
-            if seq and len(seq) <= max_length and AMINO_ACIDS.issuperset(seq):
-                continue                 # the common case, at C speed
-            problem = chain_problem(seq, max_length)
-            if problem is None:
-                continue
-            pos = bad_residue_position(seq) if problem.startswith("invalid residue") else None
-            problems.append({"index": i, "id": ident, "chain": chain, "problem": problem,
-                             "position": None if pos is None else pos + 1,
-                             "residue": None if pos is None else seq[pos], "length": len(seq)})
-        pairs.append((chains["heavy"], chains["light"]))
-    if problems:
-        p = problems[0]
-        who = f"antibody {p['index']}" + (f" (id {p['id']!r})" if p["id"] is not None else "")
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise ApiError(422, "invalid_sequence", f"{who}: {p['chain']} chain: {p['problem']}{more}",
-                       problems[:MAX_LISTED_PROBLEMS])
-    return pairs
-
-
-def validate_texts(texts: list[str], max_length: int) -> None:
-    problems = []
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            problem = "not a string"
-        elif not text.strip():
-            problem = "empty text"
-        elif len(text) > max_length:
-            problem = f"text of length {len(text)} exceeds the limit of {max_length}"
-        else:
-            try:
-                text.encode("utf-8")
-                problem = None
-            except UnicodeEncodeError:
-                problem = "text is not valid unicode (lone surrogate)"
-        if problem:
-            problems.append({"index": i, "problem": problem})
-    if problems:
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise ApiError(422, "invalid_text", f"text {problems[0]['index']}: {problems[0]['problem']}{more}",
-                       problems[:MAX_LISTED_PROBLEMS])
 
 
 @dataclass
@@ -103,39 +55,6 @@ def resolve_heads(model: LoadedModel, site: str | None) -> HeadChoice:
     else:
         mode = "global" if names == ["global"] else "mean-over-sites"
     return HeadChoice(names, mode, site)
-
-
-def resolve_tasks(model: LoadedModel, tasks: list[str] | None) -> list[str]:
-    known = list(model.bundle.model.tasks)
-    if tasks is None:
-        return known
-    unknown = [t for t in tasks if t not in known]
-    if unknown:
-        raise ApiError(404, "unknown_task", f"unknown tasks {unknown}; known: {known}", {"known": known})
-    return list(dict.fromkeys(tasks))
-
-
-def resolve_assays(model: LoadedModel, assays: list[str] | None) -> list:
-    """Assay names ('name' when unique, or 'task/name') -> Assay objects."""
-    if not assays:
-        return []
-    all_assays = model.bundle.model.assays
-    by_key = {a.key: a for a in all_assays}
-    by_name: dict[str, list] = {}
-    for a in all_assays:
-        by_name.setdefault(a.name, []).append(a)
-    out, unknown = [], []
-    for name in assays:
-        if name in by_key:
-            out.append(by_key[name])
-        elif len(by_name.get(name, [])) == 1:
-            out.append(by_name[name][0])
-        else:
-            unknown.append(name)
-    if unknown:
-        known = sorted(by_key)
-        raise ApiError(404, "unknown_assay", f"unknown assays {unknown}; known: {known}", {"known": known})
-    return list(dict.fromkeys(out))
 
 
 async def run(registry: Registry, name: str, build):
@@ -184,14 +103,27 @@ def _worker_dead(name: str) -> ApiError:
                                         f"(its liveness probe fails)")
 
 
-def fitness_arrays(model: LoadedModel, result: dict, heads: HeadChoice, tasks: list[str], assays: list):
-    """-> (z mean per task {task: [n, k]}, per requested assay {key: (value [n], z [n])})."""
-    z = {t: np.mean(np.stack([result[n][t] for n in heads.names]), axis=0) for t in result[heads.names[0]]}
-    values = {}
-    for a in assays:
-        col = [x.key for x in model.bundle.model.assays if x.task == a.task].index(a.key)
-        per_set = []
-        for n in heads.names:
-            per_set.append(model.bundle.stats[n].from_z(result[n][a.task][:, col], a.key))
-        values[a.key] = (np.mean(per_set, axis=0), z[a.task][:, col])
-    return z, values
+def meta(model: LoadedModel, heads: HeadChoice) -> dict:
+    """Which model and heads answered: the `schemas.PredictionMeta` fields of a /v1 response."""
+    return {"version": model.version, "digest": model.bundle.digest, "heads": heads.mode, "site": heads.site,
+            "head_sets": heads.names}
+
+
+def param(req, key: str, kind):
+    """An InferRequest parameter, None when absent; ApiError 400 when it is not a `kind`."""
+    value = (req.parameters or {}).get(key)
+    if value is not None and not isinstance(value, kind):
+        raise ApiError(400, "bad_parameter", f"parameter {key!r} must be a {kind.__name__}")
+    return value
+
+
+def select_outputs(outputs: list[dict], req) -> list[dict]:
+    """The output tensors an InferRequest asks for, in its order (all when it names none); 404 for unknown."""
+    if not req.outputs:
+        return outputs
+    by_name = {o["name"]: o for o in outputs}
+    unknown = [o.name for o in req.outputs if o.name not in by_name]
+    if unknown:
+        raise ApiError(404, "unknown_output", f"unknown outputs {unknown}; known: {list(by_name)}",
+                       {"known": list(by_name)})
+    return [by_name[o.name] for o in req.outputs]

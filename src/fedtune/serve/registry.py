@@ -17,14 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import Bundle, load_bundle
+from ..tasks import get, kinds
 from .batcher import BatcherClosed, Job, MicroBatcher
 
 log = logging.getLogger(__name__)
-
-KINDS = ("fitness", "sentiment")
-WARMUP_HEAVY = "EVQLVESGGGLVQPGGSLRLSCAASGFTFSSYAMSWVRQAPGKGLEWVS"
-WARMUP_LIGHT = "DIQMTQSPSSLSASVGDRVTITCRASQSISSYLNWYQQKPGKAPKLLIY"
-WARMUP_TEXT = "Operating profit rose compared with the previous quarter."
 
 
 class ReloadError(RuntimeError):
@@ -55,13 +51,14 @@ class LoadedModel:
 
 
 def warm_up(bundle: Bundle) -> None:
-    """One prediction per head set (compiles kernels, touches every weight); refuses non-finite output."""
+    """One prediction of the kind's `warmup_items` per head set (compiles kernels, touches every weight);
+    refuses non-finite output."""
+    items = get(bundle.kind).warmup_items(bundle.model)
+    if not items:
+        raise ReloadError(f"{bundle.path}: the {bundle.kind} kind gives no warm-up items (Task.warmup_items)")
     for name in bundle.head_sets:
-        if bundle.kind == "fitness":
-            out = bundle.predict_fitness([WARMUP_HEAVY], [WARMUP_LIGHT], head_set=name)
-            values = np.concatenate([v.ravel() for v in out.values()])
-        else:
-            values = bundle.predict_sentiment([WARMUP_TEXT], head_set=name).ravel()
+        out = bundle.predict(items, head_set=name)
+        values = np.concatenate([v.ravel() for v in (out.values() if isinstance(out, dict) else [out])])
         if not np.all(np.isfinite(values)):
             raise ReloadError(f"{bundle.path}: head set {name!r} gives non-finite predictions")
 
@@ -123,7 +120,7 @@ class Registry:
     def _load_one(self, path: Path) -> LoadedModel:
         start = time.perf_counter()
         bundle = load_bundle(path, device=self.settings.resolved_device())
-        if bundle.kind not in KINDS:
+        if bundle.kind not in kinds():
             raise ReloadError(f"{path}: unknown bundle kind {bundle.kind!r}")
         if self.settings.warmup:
             warm_up(bundle)

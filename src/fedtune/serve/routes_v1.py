@@ -1,22 +1,20 @@
-"""/v1: fitness and sentiment predictions, model cards (the admin routes are in routes_admin)."""
+"""/v1: one prediction route per task kind (/v1/<kind>/predict), model cards (the admin routes are in
+routes_admin)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request
 
-from ..data.fpb import SENTIMENT_LABELS
+from ..tasks import get, kinds
 from .batcher import Job
 from .deps import require_key
-from .errors import ApiError
-from .predict import (check_count, fitness_arrays, model_or_404, resolve_assays, resolve_heads, resolve_tasks,
-                      run, validate_chains, validate_texts)
+from .kinds import KindApi
+from .predict import check_count, model_or_404, resolve_heads, run
 from .registry import LoadedModel
-from .schemas import (AssayValue, ErrorResponse, FitnessPrediction, FitnessRequest, FitnessResponse, ModelCard,
-                      ModelsResponse, SentimentPrediction, SentimentRequest,
-                      SentimentResponse)
+from .schemas import ErrorResponse, ModelCard, ModelsResponse
 
 ERRORS = {401: {"model": ErrorResponse, "description": "API key missing or wrong"},
           404: {"model": ErrorResponse, "description": "unknown model, site, task or assay (lists the known ones)"},
@@ -26,56 +24,40 @@ ERRORS = {401: {"model": ErrorResponse, "description": "API key missing or wrong
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses={401: ERRORS[401]})
 
 
-@router.post("/fitness/predict", response_model=FitnessResponse, responses=ERRORS, tags=["v1"],
-             summary="Score antibodies on the fitness tasks")
-async def predict_fitness(request: Request, body: FitnessRequest) -> FitnessResponse:
-    """Per antibody, a score per task: the mean of the task's assay outputs as oriented z-scores (higher is
-    more favourable). `assays` adds those assays in their own units. Without `site`: the global heads, or the
-    mean over all sites' heads when the bundle holds private heads only (the response's `heads` says which)."""
-    registry, settings = request.app.state.registry, request.app.state.settings
-    model_or_404(registry, "fitness")
-    check_count(len(body.antibodies), settings.max_items, "antibodies")
-    pairs = validate_chains([(a.id, a.heavy, a.light) for a in body.antibodies], settings.max_length)
+def predict_endpoint(kind: str, api: KindApi):
+    """The handler of /v1/<kind>/predict, typed with the kind's request and response bodies (so OpenAPI shows
+    them): model -> item count -> the kind's validation -> head sets -> the kind's options -> batcher -> the
+    kind's response."""
+    async def endpoint(request: Request, body):
+        registry, settings = request.app.state.registry, request.app.state.settings
+        model_or_404(registry, kind)
+        check_count(api.count(body), settings.max_items, api.noun)
+        items = api.items(body, settings)
 
-    def build(model: LoadedModel):
-        heads = resolve_heads(model, body.site)
-        tasks = resolve_tasks(model, body.tasks)
-        assays = resolve_assays(model, body.assays)
-        needed = [t for t in model.bundle.model.tasks if t in set(tasks) | {a.task for a in assays}]
-        return Job(items=pairs, head_sets=tuple(heads.names), tasks=tuple(needed)), (heads, tasks, assays)
+        def build(model: LoadedModel):
+            heads = resolve_heads(model, body.site)
+            opts, context = api.job(model, body, heads)
+            return Job(items=items, head_sets=tuple(heads.names), opts=opts), (heads, context)
 
-    model, (heads, tasks, assays), result = await run(registry, "fitness", build)
-    z, values = fitness_arrays(model, result, heads, tasks, assays)
-    preds = []
-    for i, ab in enumerate(body.antibodies):
-        scores = {t: float(z[t][i].mean()) for t in tasks}
-        av = {a.key: AssayValue(value=float(values[a.key][0][i]), z=float(values[a.key][1][i]), measure=a.measure,
-                                favourable=a.favourable) for a in assays} if assays else None
-        preds.append(FitnessPrediction(id=ab.id if ab.id is not None else str(i), scores=scores, assays=av))
-    return FitnessResponse(version=model.version, digest=model.bundle.digest, heads=heads.mode, site=heads.site,
-                           head_sets=heads.names, tasks=tasks, predictions=preds)
+        model, (heads, context), result = await run(registry, kind, build)
+        return api.respond(model, body, heads, context, result)
+
+    endpoint.__signature__ = inspect.Signature(
+        [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+         inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=api.request_model)],
+        return_annotation=api.response_model)
+    return endpoint
 
 
-@router.post("/sentiment/predict", response_model=SentimentResponse, responses=ERRORS, tags=["v1"],
-             summary="Classify financial sentences")
-async def predict_sentiment(request: Request, body: SentimentRequest) -> SentimentResponse:
-    """Per text, the label and the three class probabilities (negative, neutral, positive)."""
-    registry, settings = request.app.state.registry, request.app.state.settings
-    model_or_404(registry, "sentiment")
-    check_count(len(body.texts), settings.max_items, "texts")
-    validate_texts(body.texts, settings.max_text_length)
+def add_predict_routes(router: APIRouter) -> None:
+    for kind in kinds():
+        api = get(kind).api
+        router.add_api_route(f"/{kind}/predict", predict_endpoint(kind, api), methods=["POST"],
+                             name=f"predict_{kind}", response_model=api.response_model, responses=ERRORS,
+                             tags=["v1"], summary=api.summary, description=inspect.cleandoc(api.description))
 
-    def build(model: LoadedModel):
-        heads = resolve_heads(model, body.site)
-        return Job(items=list(body.texts), head_sets=tuple(heads.names)), heads
 
-    model, heads, result = await run(registry, "sentiment", build)
-    probs = np.mean(np.stack([result[n] for n in heads.names]), axis=0)
-    labels = model.bundle.manifest.get("labels") or list(SENTIMENT_LABELS)
-    preds = [SentimentPrediction(label=labels[int(p.argmax())],
-                                 probabilities={lab: float(v) for lab, v in zip(labels, p)}) for p in probs]
-    return SentimentResponse(version=model.version, digest=model.bundle.digest, heads=heads.mode, site=heads.site,
-                             head_sets=heads.names, predictions=preds)
+add_predict_routes(router)
 
 
 PRIVATE_PROVENANCE = frozenset({"data_digests"})    # per-site data hashes: would confirm a guessed dataset

@@ -1,28 +1,26 @@
 """KServe v2 / Open Inference Protocol: health, model metadata, infer with BYTES inputs.
 
-fitness: inputs `heavy`, `light` (BYTES, shape [N] or [N, 1]); outputs one FP32 [N] tensor per task (the task
-score, oriented z). sentiment: input `text`; outputs `label` (BYTES [N]) and `probabilities` (FP32 [N, 3]).
-Request parameters: `site` (a site's heads), `tasks` (fitness, list of task names). Infer bodies may use the
-binary tensor data extension, in and out (oip_binary.py), as tritonclient does by default.
+A model is named by its kind; the kind's API (`fedtune.tasks.<kind>_api`, `serve.kinds.KindApi`) says its
+input tensors (BYTES, shape [N] or [N, 1], one element per item), its output tensors and its own request
+parameters. Every kind takes the parameter `site` (a site's heads). Infer bodies may use the binary tensor
+data extension, in and out (oip_binary.py), as tritonclient does by default.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
 from .. import __version__ as fedtune_version
-from ..data.fpb import SENTIMENT_LABELS
+from ..tasks import get, kinds
 from .batcher import Job
 from .deps import api_key_header, bearer, require_key
 from .errors import ApiError, error_body
 from .oip_binary import HEADER_LENGTH, binary_outputs, decode_request, encode_response
-from .predict import (check_count, fitness_arrays, model_or_404, resolve_heads, resolve_tasks, run,
-                      validate_chains, validate_texts)
+from .predict import check_count, model_or_404, param, resolve_heads, run
 from .registry import LoadedModel
 from .schemas import ErrorResponse, InferRequest, InferResponse, ModelMetadata
 
@@ -31,7 +29,6 @@ ERRORS = {400: {"model": ErrorResponse, "description": "malformed tensors or bin
           413: {"model": ErrorResponse, "description": "too many items or body too large"},
           415: {"model": ErrorResponse, "description": "unsupported Content-Encoding"},
           422: {"model": ErrorResponse, "description": "invalid sequence or text"}}
-INPUTS = {"fitness": ("heavy", "light"), "sentiment": ("text",)}
 
 
 class _DecodedRequest(Request):
@@ -70,7 +67,7 @@ class OipRoute(APIRoute):
 
 
 router = APIRouter(prefix="/v2", tags=["v2 (KServe Open Inference Protocol)"], route_class=OipRoute)
-Name = Path(description="the model: fitness or sentiment", examples=["fitness", "sentiment"])
+Name = Path(description=f"the model: {' or '.join(kinds())}", examples=list(kinds()))
 Version = Path(description="the model version (the bundle digest's first 12 hex digits, or all of it)")
 
 
@@ -104,13 +101,10 @@ def _model(request: Request, name: str, version: str | None = None) -> LoadedMod
 
 
 def metadata(m: LoadedModel) -> ModelMetadata:
-    inputs = [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in INPUTS[m.name]]
-    if m.name == "fitness":
-        outputs = [{"name": t, "datatype": "FP32", "shape": [-1]} for t in m.bundle.model.tasks]
-    else:
-        outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                   {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(SENTIMENT_LABELS)]}]
-    return ModelMetadata(name=m.name, versions=[m.version], platform="pytorch", inputs=inputs, outputs=outputs,
+    api = get(m.bundle.kind).api
+    inputs = [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in api.v2_inputs(m)]
+    return ModelMetadata(name=m.name, versions=[m.version], platform="pytorch", inputs=inputs,
+                         outputs=api.v2_outputs(m),
                          parameters={"sites": m.bundle.sites, "digest": m.bundle.digest})
 
 
@@ -145,9 +139,8 @@ def _flatten(data) -> list:
     return out
 
 
-def _bytes_input(req: InferRequest, kind: str) -> dict[str, list[str]]:
+def _bytes_input(req: InferRequest, kind: str, wanted: tuple[str, ...]) -> dict[str, list[str]]:
     given = {i.name: i for i in req.inputs}
-    wanted = INPUTS[kind]
     extra = sorted(set(given) - set(wanted))
     missing = [n for n in wanted if n not in given]
     if extra or missing or len(given) != len(req.inputs):
@@ -171,69 +164,24 @@ def _bytes_input(req: InferRequest, kind: str) -> dict[str, list[str]]:
     return out
 
 
-def _param(req: InferRequest, key: str, kind):
-    value = (req.parameters or {}).get(key)
-    if value is not None and not isinstance(value, kind):
-        raise ApiError(400, "bad_parameter", f"parameter {key!r} must be a {kind.__name__}")
-    return value
-
-
-def _select(outputs: list[dict], req: InferRequest) -> list[dict]:
-    if not req.outputs:
-        return outputs
-    by_name = {o["name"]: o for o in outputs}
-    unknown = [o.name for o in req.outputs if o.name not in by_name]
-    if unknown:
-        raise ApiError(404, "unknown_output", f"unknown outputs {unknown}; known: {list(by_name)}",
-                       {"known": list(by_name)})
-    return [by_name[o.name] for o in req.outputs]
-
-
 async def _infer(request: Request, name: str, req: InferRequest, version: str | None) -> InferResponse | Response:
     registry, settings = request.app.state.registry, request.app.state.settings
     model = _model(request, name, version)
-    names = list(model.bundle.model.tasks) if name == "fitness" else ["label", "probabilities"]
-    binary = binary_outputs(req.parameters, req.outputs, names)
-    inputs = _bytes_input(req, name)
+    api = get(model.bundle.kind).api
+    binary = binary_outputs(req.parameters, req.outputs, [o["name"] for o in api.v2_outputs(model)])
+    inputs = _bytes_input(req, name, api.v2_inputs(model))
     n = len(next(iter(inputs.values())))
     check_count(n, settings.max_items, "items")
-    site = _param(req, "site", str)
-    if name == "fitness":
-        tasks_param = _param(req, "tasks", list)
-        if tasks_param is not None and not all(isinstance(t, str) for t in tasks_param):
-            raise ApiError(400, "bad_parameter", "parameter 'tasks' must be a list of strings")
-        wanted_out = [o.name for o in req.outputs] if req.outputs else None
-        pairs = validate_chains([(None, h, lt) for h, lt in zip(inputs["heavy"], inputs["light"])],
-                                settings.max_length)
+    site = param(req, "site", str)
+    items, params = api.v2_items(inputs, req, settings)
 
-        def build(model: LoadedModel):
-            heads = resolve_heads(model, site)
-            tasks = resolve_tasks(model, tasks_param)
-            if wanted_out is not None:
-                _select([{"name": t} for t in tasks], req)
-                tasks = [t for t in tasks if t in wanted_out]
-            return Job(items=pairs, head_sets=tuple(heads.names), tasks=tuple(tasks)), (heads, tasks)
+    def build(model: LoadedModel):
+        heads = resolve_heads(model, site)
+        opts, context = api.v2_job(model, req, params, heads)
+        return Job(items=items, head_sets=tuple(heads.names), opts=opts), (heads, context)
 
-        model, (heads, tasks), result = await run(registry, "fitness", build)
-        z, _ = fitness_arrays(model, result, heads, tasks, [])
-        outputs = [{"name": t, "datatype": "FP32", "shape": [n], "data": z[t].mean(1).astype(float).tolist()}
-                   for t in tasks]
-    else:
-        validate_texts(inputs["text"], settings.max_text_length)
-        if req.outputs:
-            _select([{"name": "label"}, {"name": "probabilities"}], req)
-
-        def build(model: LoadedModel):
-            heads = resolve_heads(model, site)
-            return Job(items=list(inputs["text"]), head_sets=tuple(heads.names)), heads
-
-        model, heads, result = await run(registry, "sentiment", build)
-        probs = np.mean(np.stack([result[h] for h in heads.names]), axis=0)
-        labels = model.bundle.manifest.get("labels") or list(SENTIMENT_LABELS)
-        outputs = _select([
-            {"name": "label", "datatype": "BYTES", "shape": [n], "data": [labels[int(i)] for i in probs.argmax(1)]},
-            {"name": "probabilities", "datatype": "FP32", "shape": [n, len(labels)],
-             "data": probs.astype(float).ravel().tolist()}], req)
+    model, (heads, context), result = await run(registry, name, build)
+    outputs = api.v2_tensors(model, req, heads, context, result, n)
     response = InferResponse(model_name=model.name, model_version=model.version, id=req.id,
                              parameters={"heads": heads.mode, "head_sets": heads.names,
                                          "digest": model.bundle.digest}, outputs=outputs)

@@ -1,4 +1,5 @@
-"""Request and response bodies (with the examples shown in the OpenAPI schema)."""
+"""Request and response bodies every kind shares (with the examples shown in the OpenAPI schema); each kind's
+own /v1 prediction bodies are in its API module (`fedtune.tasks.<kind>_api`), on `PredictionMeta` and `Text`."""
 
 from __future__ import annotations
 
@@ -25,39 +26,6 @@ Text = Annotated[str, AfterValidator(_valid_unicode)]
 LIGHT = "DIQMTQSPSSLSASVGDRVTITCRASQSISSYLNWYQQKPGKAPKLLIYAASSLQSGVPSRFSGSGSGTDFTLTISSLQPEDFATYYCQQSYSTPLTFGQGTKVEIK"
 
 
-class Antibody(BaseModel):
-    id: Text | None = Field(None, max_length=256, description="your identifier, echoed back (default: the index)")
-    heavy: Text = Field(description="heavy chain, one-letter amino acids (case and surrounding space ignored)")
-    light: Text = Field(description="light chain, one-letter amino acids")
-
-
-class FitnessRequest(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"antibodies": [{"id": "ab-1", "heavy": HEAVY, "light": LIGHT}]},
-        {"site": "site-1", "tasks": ["aggregation", "thermostability"],
-         "antibodies": [{"id": "ab-1", "heavy": HEAVY, "light": LIGHT}]},
-    ]})
-
-    site: Text | None = Field(None, description="a site's own heads; omitted: the global heads, or the mean over "
-                                               "all sites' heads when the bundle has no global heads")
-    tasks: list[Text] | None = Field(None, description="tasks to score (default: all)")
-    assays: list[Text] | None = Field(None, description="assays (name or task/name) to also report in their units")
-    antibodies: list[Antibody] = Field(min_length=1)
-
-
-class AssayValue(BaseModel):
-    value: float = Field(description="prediction in the assay's own units")
-    z: float = Field(description="oriented z-score (higher = more favourable)")
-    measure: str = ""
-    favourable: str = "higher"
-
-
-class FitnessPrediction(BaseModel):
-    id: str
-    scores: dict[str, float] = Field(description="task -> mean oriented z of the task's assays (higher = better)")
-    assays: dict[str, AssayValue] | None = None
-
-
 class PredictionMeta(BaseModel):
     """Which model and heads answered: the same fields in every prediction response."""
     version: str
@@ -65,31 +33,6 @@ class PredictionMeta(BaseModel):
     heads: Literal["global", "site", "mean-over-sites"]
     site: str | None = None
     head_sets: list[str]
-
-
-class FitnessResponse(PredictionMeta):
-    model: str = "fitness"
-    tasks: list[str]
-    predictions: list[FitnessPrediction]
-
-
-class SentimentRequest(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"texts": ["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn.", "Net sales decreased by 5 %."]},
-    ]})
-
-    site: Text | None = Field(None, description="a site's own heads; omitted: global heads or mean over sites")
-    texts: list[Text] = Field(min_length=1)
-
-
-class SentimentPrediction(BaseModel):
-    label: str
-    probabilities: dict[str, float]
-
-
-class SentimentResponse(PredictionMeta):
-    model: str = "sentiment"
-    predictions: list[SentimentPrediction]
 
 
 class ModelCard(BaseModel):

@@ -21,6 +21,7 @@ The concerns, in the order data flows:
 
 from __future__ import annotations
 
+import importlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -222,3 +223,44 @@ class Task(ABC):
     def try_it(self, url: str) -> str | None:
         """A curl command line a user can paste to try the service on this kind."""
         return None
+
+    # ---- bundle (bundle.py): the kind's manifest fields and how a bundle's model is rebuilt --------------
+    def manifest_fields(self, model) -> dict:
+        """The kind's own manifest fields of a bundle of `model` (the label table, the class labels); JSON-ready,
+        what `model_from_manifest` reads back."""
+        raise NotImplementedError(f"a {self.name} model cannot be exported")
+
+    def model_from_manifest(self, trunk, manifest: dict, hidden: tuple[int, ...]):
+        """This kind's model on a bundle's `trunk`, its heads shaped by the manifest's own fields and the heads'
+        `hidden` sizes (the weights are loaded afterwards). Any KeyError, TypeError or ValueError on a bad
+        manifest is reported by the loader as a BundleError."""
+        raise NotImplementedError(f"a {self.name} bundle cannot be loaded")
+
+    # ---- serving (bundle.predict, serve/): items in, head outputs out ----------------------------------
+    # An item is one request row as the kind's API validated it (a text, a (heavy, light) pair, ...).
+    api_module: str | None = None        # module under fedtune.tasks holding `API`, the kind's REST side
+
+    def warmup_items(self, model) -> list:
+        """Valid items for `model` that the service predicts once per head set before serving it."""
+        return []
+
+    def item_length(self, item) -> int:
+        """A size of `item` in characters (a tuple: of its parts together): the batcher sorts and packs by it."""
+        return sum(len(part) for part in item) if isinstance(item, tuple) else len(item)
+
+    def tokenize(self, model, items: list) -> dict:
+        """The trunk's tokens of `items` (what `model.embed_tokens` takes)."""
+        return model.tokenize(items)
+
+    def head_outputs(self, model, emb, heads, **opts):
+        """Predictions of one head set for pooled embeddings `emb`, as float32 numpy: one array [n, ...], or a
+        dict of them (`opts`: the kind's request options, e.g. which heads to apply)."""
+        return self.activate(model.apply_heads(emb, heads).float()).cpu().numpy()
+
+    @property
+    def api(self):
+        """The kind's REST side (`fedtune.serve.kinds.KindApi`): request and response bodies, validation, response
+        assembly, KServe v2 tensors. Imported on first use: only the service needs it."""
+        if self.api_module is None:
+            raise NotImplementedError(f"the {self.name} kind has no REST API")
+        return importlib.import_module(f"{__package__}.{self.api_module}").API

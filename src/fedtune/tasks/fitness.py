@@ -244,6 +244,28 @@ class Fitness(Task):
         example = json.dumps({"antibodies": SAMPLE_ANTIBODIES[:1]})
         return f"curl -s {url}/v1/{self.name}/predict -H 'Content-Type: application/json' -d '{example}'"
 
+    # ---- bundle: the label table in the manifest
+    def manifest_fields(self, model: FitnessModel) -> dict:
+        return {"tasks": list(model.tasks), "assays": [a.to_dict() for a in model.assays]}
+
+    def model_from_manifest(self, trunk, manifest: dict, hidden) -> FitnessModel:
+        return FitnessModel(trunk, [Assay.from_dict(a) for a in manifest["assays"]], hidden)
+
+    # ---- serving: an item is a (heavy, light) pair; `tasks` picks the heads to apply
+    api_module = "fitness_api"
+
+    def warmup_items(self, model) -> list[tuple[str, str]]:
+        return [("EVQLVESGGGLVQPGGSLRLSCAASGFTFSSYAMSWVRQAPGKGLEWVS",
+                 "DIQMTQSPSSLSASVGDRVTITCRASQSISSYLNWYQQKPGKAPKLLIY")]
+
+    def tokenize(self, model: FitnessModel, items: list) -> dict:
+        return model.tokenize([h for h, _ in items], [lt for _, lt in items])
+
+    def head_outputs(self, model: FitnessModel, emb, heads, tasks=None) -> dict:
+        """{task: oriented z [n, n_assays of the task]} for `tasks` (default: all)."""
+        out = model.apply_heads(emb, heads, list(tasks) if tasks else None)
+        return {t: v.float().cpu().numpy() for t, v in out.items()}
+
 
 TASK = Fitness()
 FitnessModel.task = TASK     # what the Trainer asks (targets, outputs, loss, metrics)

@@ -162,6 +162,19 @@ class Sentiment(Task):
             print(f"    {p['label']:>8} ({probs})  {text[:60]}")
         return {self.name: resp}
 
+    # ---- bundle: the class labels in the manifest
+    def manifest_fields(self, model: SentimentModel) -> dict:
+        return {"labels": list(SENTIMENT_LABELS)}
+
+    def model_from_manifest(self, trunk, manifest: dict, hidden) -> SentimentModel:
+        return SentimentModel(trunk, hidden)
+
+    # ---- serving: an item is a text; the head's softmax (`activate`) is the prediction
+    api_module = "sentiment_api"
+
+    def warmup_items(self, model) -> list[str]:
+        return ["Operating profit rose compared with the previous quarter."]
+
 
 TASK = Sentiment()
 SentimentModel.task = TASK     # what the Trainer asks (targets, outputs, loss, metrics)
