@@ -27,7 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from fedtune.data import SYNTHETIC_ASSAYS, load_flab, synthetic_fitness, synthetic_sentiment  # noqa: E402
-from fedtune.models import TrunkConfig, build_model  # noqa: E402
+from fedtune.models import TrunkConfig  # noqa: E402
+from fedtune.tasks import build_model  # noqa: E402
 
 BF16_PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0}   # bf16 matrix peak as measured on the lent machines
 

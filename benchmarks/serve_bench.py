@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from fedtune.bundle import load_bundle, save_bundle  # noqa: E402
 from fedtune.data import SYNTHETIC_ASSAYS, AssayStats, synthetic_fitness, synthetic_sentiment  # noqa: E402
-from fedtune.models import TrunkConfig, build_model  # noqa: E402
+from fedtune.models import TrunkConfig  # noqa: E402
+from fedtune.tasks import build_model  # noqa: E402
 
 AA = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
 

@@ -7,7 +7,8 @@ import torch
 
 from fedtune.bundle import BundleError, load_bundle, save_bundle
 from fedtune.data import AssayStats, synthetic_fitness, synthetic_sentiment
-from fedtune.models import TrunkConfig, build_model
+from fedtune.models import TrunkConfig
+from fedtune.tasks import build_model
 
 
 @pytest.fixture()

@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 
 from fedtune.bundle import load_bundle, save_bundle
 from fedtune.fl.config import JobConfig
-from fedtune.models import TrunkConfig, build_model
+from fedtune.models import TrunkConfig
+from fedtune.tasks import build_model
 from fedtune.publish import KEEP, MARKER, PublishError, versions_dir
 
 

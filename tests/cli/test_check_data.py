@@ -6,14 +6,15 @@ import subprocess
 import pytest
 from test_help import fedtune_cmd
 
-from fedtune.data import synthetic_fitness, synthetic_sentiment, write_site
+from fedtune.data import synthetic_fitness, synthetic_sentiment
+from fedtune.tasks import get
 
 
 @pytest.fixture
 def site(tmp_path):
     folder = tmp_path / "site"
-    write_site("fitness", synthetic_fitness(60, seed=4), folder)
-    write_site("sentiment", synthetic_sentiment(60, seed=4), folder)
+    get("fitness").write(synthetic_fitness(60, seed=4), folder)
+    get("sentiment").write(synthetic_sentiment(60, seed=4), folder)
     return folder
 
 

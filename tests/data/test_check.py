@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fedtune.data import (Assay, DataError, SENTIMENT_LABELS, check_folder, check_site, kinds_present, load_flab,
-                          load_site, load_site_data, prepare_sites, synthetic_fitness, synthetic_sentiment,
-                          write_site)
+                          synthetic_fitness, synthetic_sentiment)
+from fedtune.tasks import get
 
 ASSAY = "binding/synthetic_kd.csv"   # one assay file of the synthetic site
 
@@ -18,8 +18,8 @@ ASSAY = "binding/synthetic_kd.csv"   # one assay file of the synthetic site
 def good_site(tmp_path_factory):
     """A site folder holding both kinds, as `fedtune prepare-data` writes it (synthetic data)."""
     site = tmp_path_factory.mktemp("good") / "site"
-    write_site("fitness", synthetic_fitness(80, seed=2), site)
-    write_site("sentiment", synthetic_sentiment(90, seed=2), site)
+    get("fitness").write(synthetic_fitness(80, seed=2), site)
+    get("sentiment").write(synthetic_sentiment(90, seed=2), site)
     return site
 
 
@@ -55,14 +55,16 @@ def test_good_site_passes_and_counts_agree_with_the_loaders(good_site):
     assert fit.ok and sent.ok, fit.format() + sent.format()
     data = load_flab(good_site)
     assert fit.samples == len(data) and fit.rows == data.rows_per_assay()
-    texts = load_site_data("sentiment", good_site)
+    texts = get("sentiment").read(good_site)
     assert sent.samples == len(texts)
     assert sent.rows == {lab: int((texts.labels == i).sum()) for i, lab in enumerate(SENTIMENT_LABELS)}
+    assert f"  binding/synthetic_kd: {fit.rows['binding/synthetic_kd']} rows" in fit.format()
+    assert f"  negative: {sent.rows['negative']} sentences" in sent.format()
 
 
 def test_real_data_and_sites_prepared_from_it_pass(flab_dir, fpb_dir, tmp_path):
-    prepare_sites("fitness", tmp_path, 3, flab_dir, seed=0)
-    prepare_sites("sentiment", tmp_path, 3, fpb_dir, seed=0)
+    get("fitness").prepare_sites(tmp_path, 3, flab_dir, seed=0)
+    get("sentiment").prepare_sites(tmp_path, 3, fpb_dir, seed=0)
     rows = {}
     for name in ("site-1", "site-2", "site-3"):
         reports = check_folder(tmp_path / name)
@@ -87,7 +89,7 @@ def test_real_data_and_sites_prepared_from_it_pass(flab_dir, fpb_dir, tmp_path):
     assert any(r.startswith("the same antibody has different labels")
                for r in warned("immunogenicity/marks2021humanization_immunogenicity.csv"))
     fpb = check_site("sentiment", fpb_dir)      # the original FPB folder: its 50Agree file
-    assert fpb.ok and fpb.samples == len(load_site_data("sentiment", fpb_dir))
+    assert fpb.ok and fpb.samples == len(get("sentiment").read(fpb_dir))
     assert any("different label" in p.reason for p in fpb.warnings)
 
 
@@ -107,7 +109,7 @@ def test_every_bad_row_is_reported_with_file_row_and_column(site):
     text = report.format()
     assert f"{ASSAY} row 3, column heavy" in text and "4 error(s)" in text
     with pytest.raises(DataError):
-        load_site("fitness", site)
+        get("fitness").load_site(site)
 
 
 def break_missing_column(site):
@@ -172,7 +174,7 @@ def test_broken_copy_is_an_error_and_the_loader_refuses_it_too(site, breaker):
     assert not report.ok
     assert any(p.file == file and needle in p.reason for p in report.errors), report.format()
     with pytest.raises(DataError):      # a DataError, not a KeyError or UnicodeDecodeError traceback
-        load_site(kind, site)
+        get(kind).load_site(site)
 
 
 def test_assay_list_cannot_point_outside_the_site_folder(tmp_path):
@@ -218,7 +220,7 @@ def test_duplicates_and_conflicts_are_warnings(site):
     assert [p.row for p in sent.warnings] == [len(lines) + 1, len(lines) + 2]
     assert "exact duplicate of line 1" in sent.warnings[0].reason
     assert f"different label ({other} here, {label} there)" in sent.warnings[1].reason
-    load_site("fitness", site), load_site("sentiment", site)     # warnings: the loaders accept them
+    get("fitness").load_site(site), get("sentiment").load_site(site)     # warnings: the loaders accept them
 
 
 def test_capped_assay_is_flagged(site):

@@ -60,7 +60,8 @@ def export(root: Path, trunk: Path, seed: int) -> None:
     import torch
 
     from fedtune.bundle import save_bundle
-    from fedtune.models import TrunkConfig, build_model
+    from fedtune.models import TrunkConfig
+    from fedtune.tasks import build_model
 
     torch.manual_seed(seed)     # different heads, so two exports have different digests
     cfg = TrunkConfig(str(trunk), mode="frozen")

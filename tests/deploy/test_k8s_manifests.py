@@ -165,7 +165,8 @@ def app_routes(tmp_path_factory, tiny_text_trunk):
     """The inference app's real routes (GET paths) and the base URL of a real uvicorn server running it on a
     small sentiment bundle (the service refuses to start without one)."""
     from fedtune.bundle import save_bundle
-    from fedtune.models import TrunkConfig, build_model
+    from fedtune.models import TrunkConfig
+    from fedtune.tasks import build_model
     from fedtune.serve.server import BackgroundServer
     from fedtune.serve.settings import ServeSettings
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from fedtune.data import SYNTHETIC_ASSAYS, split_fitness_sites, split_sentiment_sites, synthetic_fitness, \
-    synthetic_sentiment, write_site
+    synthetic_sentiment
 from fedtune.fl.config import JobConfig
 from fedtune.fl.federation import LocalFederation
+from fedtune.tasks import get
 
 SITES = ["site-1", "site-2", "site-3"]
 
@@ -22,8 +23,8 @@ def write_sites(root: Path, n: int, seed: int = 0) -> dict[str, Path]:
     out = {}
     for i, (f, s) in enumerate(zip(fitness, sentiment)):
         folder = root / f"site-{i + 1}"
-        write_site("fitness", f, folder)
-        write_site("sentiment", s, folder)
+        get("fitness").write(f, folder)
+        get("sentiment").write(s, folder)
         out[f"site-{i + 1}"] = folder
     return out
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedtune.data import SYNTHETIC_ASSAYS, AssayStats, synthetic_fitness, write_site
+from fedtune.data import SYNTHETIC_ASSAYS, AssayStats, synthetic_fitness
 from fedtune.fl.client import SiteRunner
 from fedtune.fl.config import JobConfig
+from fedtune.tasks import get
 
 REVERSED = [a.to_dict() for a in reversed(SYNTHETIC_ASSAYS)]
 
@@ -27,7 +28,7 @@ def test_an_assay_listed_twice_is_refused():
 
 def test_reversed_job_assays_train_each_head_against_its_own_column(tmp_path, tiny_antibody_trunk):
     data = synthetic_fitness(80, seed=3)
-    site = write_site("fitness", data, tmp_path / "site-1")
+    site = get("fitness").write(data, tmp_path / "site-1")
     job = JobConfig(kind="fitness", assays=REVERSED, trunk={"source": str(tiny_antibody_trunk), "mode": "frozen"},
                     train={"batch_size": 16, "progress": False})
     runner = SiteRunner(job, "site-1", site, tmp_path / "runs")

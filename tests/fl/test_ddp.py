@@ -72,7 +72,8 @@ SCRIPT = textwrap.dedent('''
     import torch
     from safetensors.torch import save_file
     from fedtune.data import SYNTHETIC_ASSAYS, AssayStats, synthetic_fitness, synthetic_sentiment
-    from fedtune.models import TrunkConfig, build_model
+    from fedtune.models import TrunkConfig
+    from fedtune.tasks import build_model
     from fedtune.train import TrainConfig, Trainer
     from fedtune.train.ddp import DDPTrainer, DistContext, set_dropout
 

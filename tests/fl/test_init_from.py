@@ -14,7 +14,8 @@ from fedtune.bundle import save_bundle
 from fedtune.data import SYNTHETIC_ASSAYS, AssayStats, synthetic_fitness
 from fedtune.fl.federation import fedtune_command
 from fedtune.fl.resume import INIT_FILE, build_job_from, fit_init_state, load_init_state
-from fedtune.models import TrunkConfig, build_model, travelling_keys
+from fedtune.models import TrunkConfig, travelling_keys
+from fedtune.tasks import build_model
 
 
 @pytest.fixture()

@@ -10,10 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from fedtune.bundle import load_bundle
-from fedtune.data import load_site
+from fedtune.data import SENTIMENT_LABELS
 from fedtune.fl.export import export_bundle
 from fedtune.fl.submit import find_fedtune_dir
-from fedtune.train.metrics import fitness_metrics, sentiment_metrics
+from fedtune.tasks import get
+from fedtune.train.metrics import classification_metrics, regression_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -71,12 +72,12 @@ def test_fitness_job_trunks_match_global_heads_follow_mode(federation, make_job,
     assert sorted(bundle.sites) == (sorted(sites) if heads == "private" else [])
     job = json.loads((out / "job.json").read_text())
     for site, folder in federation.site_data.items():
-        _, val = load_site("fitness", folder, seed=job["seed"], val_fraction=job["val_fraction"])
+        _, val = get("fitness").load_site(folder, seed=job["seed"], val_fraction=job["val_fraction"])
         head_set = site if heads == "private" else None
         z = bundle.predict(list(zip(val.heavy, val.light)), head_set)
         pred = np.concatenate([z[t] for t in bundle.model.tasks], axis=1)
         stats = bundle.stats[site if heads == "private" else "global"]
-        got = fitness_metrics(pred, val.labels, val.assays, stats)
+        got = regression_metrics(pred, val.labels, val.assays, stats)
         want = summary["sites"][site]["final_val"]
         assert got["mean_pearson"] == pytest.approx(want["mean_pearson"], abs=1e-4)
         for task, m in want["tasks"].items():
@@ -96,6 +97,6 @@ def test_sentiment_job_reports_accuracy_per_site(federation, make_job, tiny_text
         assert 0.0 <= summary["sites"][site]["final_val"]["accuracy"] <= 1.0
     bundle = load_bundle(export_bundle(result, tmp_path / "bundle"))
     for site, folder in federation.site_data.items():
-        _, val = load_site("sentiment", folder, seed=0, val_fraction=0.2)
-        got = sentiment_metrics(bundle.predict(val.texts), val.labels)
+        _, val = get("sentiment").load_site(folder, seed=0, val_fraction=0.2)
+        got = classification_metrics(bundle.predict(val.texts), val.labels, SENTIMENT_LABELS)
         assert got["accuracy"] == pytest.approx(summary["sites"][site]["final_val"]["accuracy"], abs=1e-6)

@@ -12,7 +12,7 @@ from fedtune.bundle import load_bundle
 from fedtune.fl.export import export_bundle
 from fedtune.fl.federation import LocalFederation
 from fedtune.fl.submit import find_fedtune_dir
-from fedtune.models import build_model
+from fedtune.tasks import build_model
 
 pytestmark = pytest.mark.slow
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 
-from fedtune.data import synthetic_sentiment, write_site
+from fedtune.data import synthetic_sentiment
 from fedtune.fl.client import SiteRunner
 from fedtune.fl.config import JobConfig
+from fedtune.tasks import get
 
 
 def test_num_steps_is_epochs_times_batches(tmp_path, tiny_text_trunk):
-    site = write_site("sentiment", synthetic_sentiment(47, seed=1), tmp_path / "site-1")
+    site = get("sentiment").write(synthetic_sentiment(47, seed=1), tmp_path / "site-1")
     batch = 8
     job = JobConfig(kind="sentiment", local_epochs=3, trunk={"source": str(tiny_text_trunk), "mode": "frozen"},
                     train={"batch_size": batch, "progress": False, "patience": 100})

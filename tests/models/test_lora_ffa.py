@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 
 from fedtune.data import synthetic_sentiment
-from fedtune.models import TrunkConfig, build_model, travelling_keys
+from fedtune.models import TrunkConfig, travelling_keys
+from fedtune.tasks import build_model
 from fedtune.train import TrainConfig, Trainer
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from fedtune.data import SYNTHETIC_ASSAYS, AssayStats, synthetic_fitness, synthetic_sentiment
-from fedtune.models import TRUNK_MODES, TrunkConfig, build_model, travelling_keys
+from fedtune.models import TRUNK_MODES, TrunkConfig, travelling_keys
+from fedtune.tasks import build_model
 from fedtune.train import TrainConfig, Trainer
 
 KINDS = ["fitness", "sentiment"]

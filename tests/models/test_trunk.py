@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from fedtune.data import SYNTHETIC_ASSAYS, synthetic_fitness
-from fedtune.models import TrunkConfig, build_model, load_trunk, travelling_keys
+from fedtune.models import TrunkConfig, load_trunk, travelling_keys
+from fedtune.tasks import build_model
 from fedtune.models.tiny import make_tiny_trunk
 
 HEAVY = "EVQLVESGGGLVQPGGSLRLSCAASGFTFSSYAMSWVRQAPGKGLEWVSAISGSGGSTYYADSVKGRFTISRDNSKNTLYLQMNSLRAEDTAVYYCAK"

@@ -12,7 +12,8 @@ import torch
 
 from fedtune.bundle import save_bundle
 from fedtune.data import AssayStats, synthetic_fitness
-from fedtune.models import TrunkConfig, build_model
+from fedtune.models import TrunkConfig
+from fedtune.tasks import build_model
 from fedtune.serve.server import BackgroundServer
 from serve_helpers import settings
 

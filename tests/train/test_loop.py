@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from fedtune.data import AssayStats, synthetic_fitness, synthetic_sentiment, train_val_split
-from fedtune.models import TrunkConfig, build_model
+from fedtune.models import TrunkConfig
+from fedtune.tasks import build_model
 from fedtune.train import TrainConfig, Trainer
 
 

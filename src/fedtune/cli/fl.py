@@ -170,20 +170,19 @@ def submit(
                                                            "failed one), a round checkpoint or a bundle")] = None,
 ):
     """Build a FedAvg job, submit it over the admin channel (mTLS), show progress per round, wait, download."""
-    from fedtune.data import SYNTHETIC_ASSAYS, load_assays
     from fedtune.fl.config import JobConfig
     from fedtune.fl.federation import print_event
     from fedtune.bundle import BundleError
     from fedtune.fl.resume import build_job_from
     from fedtune.fl.submit import JobFailed, submit_and_wait
     from fedtune.fl.pki import warn_if_expiring
+    from fedtune.tasks import get
 
     warn_if_expiring(admin_kit)
-    assays = []
-    if kind == Kind.fitness:
-        src = assays_from.parent if assays_from and assays_from.name == "assays.csv" else assays_from
-        assays = load_assays(src) if src else SYNTHETIC_ASSAYS
+    task = get(kind.value)
     try:
+        src = assays_from.parent if assays_from and assays_from.name == "assays.csv" else assays_from
+        assays = task.assays_from(src)
         job = JobConfig.create(kind.value, trunk=trunk, mode=trunk_mode.value if trunk_mode else None,
                                assays=assays, seed=seed, lr=lr, batch_size=batch_size,
                                name=name or f"fedtune-{kind.value}", rounds=rounds, local_epochs=local_epochs,
@@ -218,10 +217,7 @@ def submit(
     typer.echo(f"result: {result}")
     summary = json.loads((next(result.rglob("summary.json"))).read_text())
     for site, s in sorted(summary["sites"].items()):
-        fv = s.get("final_val") or {}
-        head = (f"mean Pearson {fv.get('mean_pearson')}" if kind == Kind.fitness
-                else f"accuracy {fv.get('accuracy')}, macro-F1 {fv.get('macro_f1')}")
-        typer.echo(f"  {site}: final validation {head}")
+        typer.echo(f"  {site}: final validation {task.headline(s.get('final_val') or {})}")
 
 
 @app.command()

@@ -13,6 +13,7 @@ from .sequences import DataError
 SENTIMENT_LABELS = ("negative", "neutral", "positive")
 AGREEMENT_FILES = {"50": "Sentences_50Agree.txt", "66": "Sentences_66Agree.txt",
                    "75": "Sentences_75Agree.txt", "all": "Sentences_AllAgree.txt"}
+SITE_FILE = "Sentences.txt"   # what a site folder holds (`fedtune prepare-data` writes it)
 
 
 @dataclass
@@ -48,6 +49,16 @@ class SentimentData:
         for t, y in zip(self.texts, self.labels):
             h.update(f"{t}@{int(y)}\n".encode())
         return h.hexdigest()
+
+
+def site_file(folder: str | Path) -> Path:
+    """The FPB file a site reads: `Sentences.txt` in the folder, else the original FPB files' 50Agree one;
+    `folder` may also be the file itself."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return folder
+    own = folder / SITE_FILE
+    return own if own.exists() else folder / AGREEMENT_FILES["50"]
 
 
 def fpb_path(path: str | Path, agreement: str = "50") -> Path:

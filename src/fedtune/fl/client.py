@@ -2,11 +2,12 @@
 
 Strip the `flare.*` calls and what is left is local training: the site's folder is split with
 `Task.load_split` (train / validation / test, the split every local and pooled run makes), the model built with
-`fedtune.models.build_model`, and every round trains with
+`Task.build_model`, and every round trains with
 `fedtune.train.Trainer` (the exact step `fedtune train-local` uses). The data folder comes from the
 environment (`FEDTUNE_DATA`, set by `fedtune client --data`).
 
-What leaves the site: per-assay moments once (fitness), then each round only the parameters that travel
+What leaves the site: row counts and, for a kind whose targets are standardised (`Task.needs_stats`),
+per-column label moments once, then each round only the parameters that travel
 (`fedtune.models.travelling_keys`: the trainable trunk parts, plus the heads when they are shared), the
 row counts used as averaging weights, and validation metrics; in the final phase also the metrics of the site's
 final model on its test split (scored once, never used for a decision: n and bootstrap intervals, no rows).
@@ -37,10 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import AssayStats, moments
 from ..data.split import TEST_FRACTION
-from ..models import build_model, travelling_keys
-from ..tasks import get
+from ..models import travelling_keys
 from ..train.bootstrap import score_test
 from ..train.ddp import DistContext, set_dropout
 from .config import PUBLISHED, JobConfig
@@ -50,8 +49,10 @@ TAMPER = "FEDTUNE_TEST_TAMPER"   # test-only misbehaviour of one site, see `tamp
 
 
 def flat_metrics(metrics: dict) -> dict:
-    keys = ("loss", "mean_pearson", "mean_spearman", "accuracy", "macro_f1")
-    return {k: float(metrics[k]) for k in keys if metrics.get(k) is not None}
+    """The top-level scores of an evaluation (loss, key metric, ...): its real numbers, without the row count
+    `n` and the nested per-task / per-class tables."""
+    return {k: float(v) for k, v in metrics.items()
+            if k != "n" and isinstance(v, (float, np.floating)) and not isinstance(v, bool)}
 
 
 def check_assay_order(model, data) -> None:
@@ -69,12 +70,13 @@ class SiteRunner:
         from ..train.ddp import DDPTrainer
         self.job, self.site = job, site
         self.dist = dist or DistContext()
+        self.task = job.task()
         assays = job.assay_list() or None
-        split = get(job.kind).load_split(data_dir, assays, seed=job.seed, val_fraction=job.val_fraction,
-                                         test_fraction=TEST_FRACTION)
+        split = self.task.load_split(data_dir, assays, seed=job.seed, val_fraction=job.val_fraction,
+                                     test_fraction=TEST_FRACTION)
         self.train, self.val, self.test = split.train, split.val, split.test   # test: scored once, in final
         torch.manual_seed(job.seed)
-        self.model = build_model(job.kind, job.trunk_config(), assays)
+        self.model = self.task.build_model(job.trunk_config(), assays)
         check_assay_order(self.model, self.train)
         if job.train.get("dropout") is not None:     # e.g. 0: every process draws the same (no) masks
             set_dropout(self.model, job.train["dropout"])
@@ -89,7 +91,7 @@ class SiteRunner:
     def _trainer(self, meta: dict):
         if self.trainer is None:
             from torch.utils.tensorboard import SummaryWriter
-            stats = AssayStats.from_dict(meta["stats"]) if self.job.kind == "fitness" else None
+            stats = self.task.stats_from_dict(meta["stats"]) if self.task.needs_stats else None
             writer = SummaryWriter(str(self.run_dir / "tb" / self.site)) if self.dist.is_main else None
             extra = {"dist": self.dist} if self.dist.enabled else {}
             self.trainer = self._trainer_cls(self.model, self.job.train_config(), stats, writer=writer,
@@ -111,20 +113,14 @@ class SiteRunner:
             names = sorted(k for k in (keys if keys is not None else params) if k in current)
             self.dist.broadcast_tensors([current[k] for k in names])
 
-    def _counts(self) -> dict:
-        if self.job.kind != "fitness":
-            return {"n_train": len(self.train)}
-        rows = {t: int((~np.isnan(self.train.labels[:, self.train.task_assays(t)])).any(1).sum())
-                for t in self.train.tasks}
-        return {"n_train": len(self.train), "task_rows": rows}
-
     def stats(self) -> tuple[dict, dict, dict]:
-        """The count phase: row counts (they bound this site's later claims) and, for fitness, per-assay
-        moments of the training labels, sent only for assays with at least `min_stat_count` labelled rows
-        here (fewer would come close to revealing single measurements; those go out as zeros)."""
-        meta = {**self._counts(), "digest": self.train.digest()}
-        if self.job.kind == "fitness":
-            n, s, ss = moments(self.train.labels)
+        """The count phase: row counts (they bound this site's later claims) and, for a kind with target
+        statistics, per-column moments of the training labels, sent only for columns with at least
+        `min_stat_count` labelled rows here (fewer would come close to revealing single measurements; those go
+        out as zeros)."""
+        meta = {**self.task.count_rows(self.train), "digest": self.train.digest()}
+        if self.task.needs_stats:
+            n, s, ss = self.task.label_moments(self.train)
             shared = n >= self.job.min_stat_count
             meta["moments"] = [np.where(shared, v, 0.0).tolist() for v in (n, s, ss)]
         return {}, {}, meta
@@ -143,7 +139,7 @@ class SiteRunner:
             log.info("%s round %s: %s", self.site, meta.get("round"), summary)
             if os.environ.get("FEDTUNE_SAVE_UPDATES", "") not in ("", "0"):
                 self.save_update(out, meta.get("round"))
-        meta_out = {**self._counts(), "summary": summary,
+        meta_out = {**self.task.count_rows(self.train), "summary": summary,
                     "NUM_STEPS_CURRENT_ROUND": steps}
         if self.dist.is_main and os.environ.get(TAMPER):
             out = tamper(os.environ[TAMPER], self.site, out, meta_out, params)
@@ -181,9 +177,10 @@ class SiteRunner:
         scored = {}
         if len(self.test) and self.dist.is_main:      # the test split, scored once: this site's final model
             scored = {"n_test": len(self.test),
-                      "final_test": score_test(trainer, self.test, get(self.job.kind).interval_paths(),
+                      "final_test": score_test(trainer, self.test, self.task.interval_paths(),
                                                seed=self.job.seed, replicates=False)}
-        return out, flat_metrics(final), {**self._counts(), "n_val": len(self.val), "final_val": final, **scored}
+        return out, flat_metrics(final), {**self.task.count_rows(self.train), "n_val": len(self.val),
+                                          "final_val": final, **scored}
 
 
 def tamper(spec: str, site: str, update: dict, meta: dict, received: dict) -> dict:

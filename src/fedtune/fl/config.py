@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..data import Assay
-from ..data.flab import sort_assays
 from ..models import TrunkConfig
+from ..tasks import get
 from ..train import TrainConfig
 from .aggregate import Aggregator
 
@@ -17,7 +16,7 @@ PUBLISHED = "published."   # prefix of the heads a site publishes at the end of 
 
 @dataclass
 class JobConfig:
-    kind: str                                  # fitness | sentiment
+    kind: str                                  # a kind of `fedtune.tasks.kinds()`
     name: str = "fedtune"
     rounds: int = 3
     local_epochs: int = 2
@@ -30,7 +29,7 @@ class JobConfig:
     seed: int = 0
     trunk: dict = field(default_factory=dict)  # TrunkConfig
     train: dict = field(default_factory=dict)  # TrainConfig
-    assays: list = field(default_factory=list)  # fitness: [Assay dict], the same at every site
+    assays: list = field(default_factory=list)  # the kind's label table as JSON dicts, the same at every site
     aggregator: str = "fedavg"                 # fedavg (weighted by rows) | median | trimmed-mean
     trim: float = 0.2                          # trimmed-mean: fraction trimmed at each end
     min_stat_count: int = 5                    # an assay with fewer labelled rows at a site is not shared
@@ -38,19 +37,13 @@ class JobConfig:
     init_from: str = ""                        # what the job starts from (provenance; the tensors ship in the job)
 
     def __post_init__(self):
-        if self.kind not in ("fitness", "sentiment"):
-            raise ValueError(f"unknown kind {self.kind!r}")
+        task = get(self.kind)                      # UnknownKind (a ValueError) names the kinds there are
         if self.heads not in HEADS_MODES:
             raise ValueError(f"unknown heads mode {self.heads!r}; choose one of {HEADS_MODES}")
-        if self.kind == "fitness" and not self.assays:
-            raise ValueError("a fitness job needs its assay list")
-        # One canonical assay order everywhere (`sort_assays`, the order `load_flab` gives a site's label
-        # columns): heads, label columns and pooled statistics then line up whatever order the job was given.
-        assays = sort_assays([Assay.from_dict(a) if isinstance(a, dict) else a for a in self.assays])
-        keys = [a.key for a in assays]
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"the job's assay list names an assay twice: {sorted({k for k in keys if keys.count(k) > 1})}")
-        self.assays = [a.to_dict() for a in assays]
+        if task.needs_label_table and not self.assays:
+            raise ValueError(f"a {self.kind} job needs its {task.label_table_noun}")
+        # validated, in the kind's one canonical order (heads, label columns and pooled statistics line up)
+        self.assays = task.table_to_dicts(task.table_from_dicts(self.assays))
         Aggregator(self.aggregator, self.trim)     # raises on an unknown name or a bad fraction
         if self.min_stat_count < 1:
             raise ValueError(f"min_stat_count must be at least 1: {self.min_stat_count}")
@@ -61,16 +54,16 @@ class JobConfig:
     def create(cls, kind: str, *, trunk: str | None = None, mode: str | None = None, max_length: int | None = None,
                assays: list | None = None, seed: int = 0, lr: float | None = None,
                batch_size: int | None = None, **fields) -> "JobConfig":
-        """A job with the per-task defaults (trunk, trunk mode, training settings) for whatever is not given;
-        `assays` are Assay objects; `fields` are the other JobConfig fields."""
-        from ..train.config import DEFAULT_MODE, DEFAULT_TRUNK, default_train_config
-        mode = mode or DEFAULT_MODE[kind]
-        trunk_cfg = {"source": trunk or DEFAULT_TRUNK[kind], "mode": mode}
+        """A job with the kind's defaults (trunk, trunk mode, training settings) for whatever is not given;
+        `assays` is the kind's label table (e.g. Assay objects); `fields` are the other JobConfig fields."""
+        task = get(kind)
+        mode = mode or task.default_mode
+        trunk_cfg = {"source": trunk or task.default_trunk, "mode": mode}
         if max_length:
             trunk_cfg["max_length"] = max_length
-        train = default_train_config(kind, mode, lr=lr, batch_size=batch_size, seed=seed, progress=False)
+        train = task.train_config(mode, lr=lr, batch_size=batch_size, seed=seed, progress=False)
         return cls(kind=kind, seed=seed, trunk=trunk_cfg, train=train.to_dict(),
-                   assays=[a.to_dict() for a in assays or []], **fields)
+                   assays=task.table_to_dicts(assays or []), **fields)
 
     @property
     def private(self) -> bool:
@@ -82,8 +75,13 @@ class JobConfig:
     def train_config(self) -> TrainConfig:
         return TrainConfig.from_dict({**self.train, "epochs": self.local_epochs})
 
-    def assay_list(self) -> list[Assay]:
-        return [Assay.from_dict(a) for a in self.assays]
+    def task(self):
+        """The job's task kind (`fedtune.tasks.Task`)."""
+        return get(self.kind)
+
+    def assay_list(self) -> list:
+        """The job's label table as the kind's objects (e.g. Assay), in canonical order; [] for none."""
+        return self.task().table_from_dicts(self.assays)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,10 +1,11 @@
 """Server side of a fedtune job: FedAvg with k-of-n rounds and a deadline.
 
 Phases (each a "train" task whose FLModel.meta["phase"] says what the site does):
-1. stats: every site reports its training row counts (the bound on every later count claim) and, for
-   fitness, per-assay moments (count, sum, sum of squares) of its training labels: aggregates, never rows,
-   and only for assays with at least `min_stat_count` labelled rows there. The server pools them, so assay
-   standardisation is identical everywhere (an assay no site shared gets mean 0, std 1, count 0).
+1. stats: every site reports its training row counts (the bound on every later count claim) and, for a
+   kind whose targets are standardised (`Task.needs_stats`, e.g. per assay), per-column moments (count, sum,
+   sum of squares) of its training labels: aggregates, never rows, and only for columns with at least
+   `min_stat_count` labelled rows there. The server pools them (`Task.pool_stats`), so standardisation is
+   identical everywhere (a column no site shared gets mean 0, std 1, count 0).
 2. rounds 1..R: the global parameters that travel (trainable trunk parts, plus heads when shared) go out; each
    site trains `local_epochs` with the same Trainer as local training and returns its update; the server
    checks every update and count (`fedtune.fl.aggregate`: a bad one is dropped from the round, logged with
@@ -39,8 +40,7 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
 from safetensors.torch import load_file, save_file
 
-from ..data import AssayStats
-from ..models import build_model, travelling_keys
+from ..models import travelling_keys
 from .aggregate import (Aggregator, Rejected, as_tensor, check_counts, check_moments, check_train_result,
                         check_update, clean_metrics)
 from .config import PUBLISHED, JobConfig
@@ -163,15 +163,17 @@ class FedtuneController(ModelController):
 
     # ---- phases ----------------------------------------------------------------------------------------
     def _count_phase(self, model, summary: dict) -> tuple[dict, dict]:
-        """Every site's row counts (the bound on its later claims) and, for fitness, the pooled statistics."""
-        job, meta = self.job, {}
-        assays, tasks = job.assay_list(), list(getattr(model, "tasks", []))
+        """Every site's row counts (the bound on its later claims) and, for a kind with target statistics,
+        the pooled statistics."""
+        job, task, meta = self.job, self.job.task(), {}
+        table, tasks = job.assay_list(), list(getattr(model, "tasks", []))
+        keys = task.stat_keys(table) if task.needs_stats else []
         results, missing = self._ask("stats", {}, {}, 0)
 
         def check(site, r):
             counts = check_counts(r.meta, None, tasks)
-            moments = (check_moments(r.meta.get("moments"), len(assays), counts["n_train"], job.min_stat_count)
-                       if job.kind == "fitness" else None)
+            moments = (check_moments(r.meta.get("moments"), len(keys), counts["n_train"], job.min_stat_count)
+                       if task.needs_stats else None)
             return counts, moments, _metrics({"digest": r.meta.get("digest")}).get("digest")
 
         good, bad = self._screen("stats", "stats", results, check, summary)
@@ -180,11 +182,10 @@ class FedtuneController(ModelController):
         bounds = {site: counts for site, (counts, _, _) in good.items()}
         summary["site_rows"] = bounds
         summary["data_digests"] = {site: digest for site, (_, _, digest) in good.items()}   # admin side only
-        if job.kind == "fitness":
-            stats = AssayStats.pool([a.key for a in assays], [a.sign for a in assays],
-                                    [m for _, m, _ in good.values()])
-            meta["stats"] = summary["stats"] = stats.to_dict()
-            unshared = [k for k, c in zip(stats.keys, stats.count) if c == 0]
+        if task.needs_stats:
+            shared = [m for _, m, _ in good.values()]
+            meta["stats"] = summary["stats"] = task.pool_stats(table, shared).to_dict()
+            unshared = [k for j, k in enumerate(keys) if sum(m[0][j] for m in shared) == 0]
             if unshared:
                 self.warning(f"fedtune: no site shared statistics for {unshared} (fewer than "
                              f"{job.min_stat_count} labelled rows each): mean 0, std 1")
@@ -237,7 +238,7 @@ class FedtuneController(ModelController):
         out = self._out_dir()
         (out / "job.json").write_text(json.dumps(job.to_dict(), indent=2))
         torch.manual_seed(job.seed)
-        model = build_model(job.kind, job.trunk_config(), job.assay_list() or None)
+        model = job.task().build_model(job.trunk_config(), job.assay_list() or None)
         keys = travelling_keys(model, private_heads=job.private)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         summary = {"job": job.to_dict(), "status": "running", "last_round": 0, "rounds": [], "missing": {},

@@ -1,6 +1,6 @@
 """Turn a finished job's result into an export bundle: the global trunk, the global heads (shared) or every
-site's published heads (private), the pooled assay statistics, per-site final validation metrics and the
-job's provenance."""
+site's published heads (private), the pooled target statistics (for a kind that has them), per-site final
+validation metrics and the job's provenance."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..bundle import save_bundle
-from ..data import AssayStats
-from ..models import build_model
 from .config import JobConfig
 from .submit import find_fedtune_dir
 
@@ -42,9 +40,10 @@ def load_job_result(result: str | Path):
 
 def export_bundle(result: str | Path, out: str | Path) -> Path:
     job, summary, state, site_heads = load_job_result(result)
-    model = build_model(job.kind, job.trunk_config(), job.assay_list() or None, weights=False)
+    task = job.task()
+    model = task.build_model(job.trunk_config(), job.assay_list() or None, weights=False)
     model.load_state_dict(state, strict=True)
-    stats = AssayStats.from_dict(summary["stats"]) if job.kind == "fitness" else None
+    stats = task.stats_from_dict(summary["stats"]) if task.needs_stats else None
     include_global = not job.private
     if job.private and not site_heads:
         raise ValueError("private heads were not published by any site (publish_heads was off, or the job "

@@ -3,7 +3,7 @@
 `fedtune compare` and the tests.
 
     with LocalFederation(workdir, {"site-1": dir1, "site-2": dir2}) as fed:
-        result = fed.run(JobConfig(kind="fitness", ...))   # progress printed; returns the result folder
+        result = fed.run(job)                              # a JobConfig; progress printed; returns the result folder
         fed.kill_site("site-2")                            # SIGKILL a site (failure tests)
         fed.restart_server()                               # SIGKILL the server and start it again
 

@@ -41,6 +41,12 @@ def get(kind: str) -> "Task":
     return task
 
 
+def build_model(kind: str, trunk_cfg, table=None, weights: bool = True):
+    """The model of `kind` on a freshly loaded trunk with the trunk mode of `trunk_cfg` applied
+    (`get(kind).build_model`; `table`: the kind's label table, e.g. fitness assays)."""
+    return get(kind).build_model(trunk_cfg, table, weights=weights)
+
+
 def __getattr__(name: str):
     if name == "Task":          # the interface, without importing torch for `kinds()`
         from .base import Task
@@ -48,4 +54,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Task", "UnknownKind", "get", "kinds"]
+__all__ = ["Task", "UnknownKind", "build_model", "get", "kinds"]

@@ -264,3 +264,48 @@ class Task(ABC):
         if self.api_module is None:
             raise NotImplementedError(f"the {self.name} kind has no REST API")
         return importlib.import_module(f"{__package__}.{self.api_module}").API
+
+    # ---- federation (fl/): the job's label table, the count phase, pooled target statistics -------------
+    needs_label_table: bool = False      # a job of this kind cannot run without its label table
+    label_table_noun: str = "label table"   # what that table is called in messages ("assay list")
+
+    def table_from_dicts(self, rows: list) -> list:
+        """A job's label table from its JSON form (`JobConfig.assays`; objects pass through), validated and in
+        the one canonical order every site and the server use. A kind without a table accepts none."""
+        if rows:
+            raise ValueError(f"a {self.name} job has no {self.label_table_noun}; got {len(rows)} entries")
+        return []
+
+    def table_to_dicts(self, table: list) -> list[dict]:
+        """The JSON form of a label table (what `table_from_dicts` reads back)."""
+        return [t.to_dict() for t in table]
+
+    def count_rows(self, train) -> dict:
+        """What a site reports as its training row counts: {"n_train": rows, ...}; the server bounds every
+        later claim of the site by these (`fl.aggregate.check_counts`)."""
+        return {"n_train": len(train)}
+
+    def stat_keys(self, table: list) -> list[str]:
+        """The label columns target statistics are pooled for, in the model's output order (needs_stats)."""
+        return []
+
+    def label_moments(self, train) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(count, sum, sum of squares) per `stat_keys` column of training labels: aggregates, never rows."""
+        raise NotImplementedError(f"{self.name} has no target statistics")
+
+    def pool_stats(self, table: list, site_moments: list):
+        """One set of target statistics (what `fit_stats` gives) from several sites' `label_moments`."""
+        raise NotImplementedError(f"{self.name} has no target statistics")
+
+    # ---- site data checks (data/check.py, `fedtune check-data`) -----------------------------------------
+    site_files: str = ""                 # what a site folder of this kind holds, for messages ("Sentences.txt")
+
+    def detect(self, folder: Path) -> bool:
+        """Whether `folder` (a site folder, or a file) holds data of this kind."""
+        return False
+
+    def check(self, folder: Path, report) -> None:
+        """Add every problem of this kind's data in an existing `folder` to `report` (`data.check.CheckReport`:
+        file, row, column, reason), its rows per label (for good data what `site_rows` counts) and what those
+        rows are (`report.unit`); never raises on bad data. The common part (`data.check.check_site`) then has
+        the loader confirm a folder without errors. By default nothing beyond the loader is checked."""

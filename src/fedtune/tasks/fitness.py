@@ -266,6 +266,45 @@ class Fitness(Task):
         out = model.apply_heads(emb, heads, list(tasks) if tasks else None)
         return {t: v.float().cpu().numpy() for t, v in out.items()}
 
+    # ---- federation
+    needs_label_table = True
+    label_table_noun = "assay list"
+
+    def table_from_dicts(self, rows: list) -> list[Assay]:
+        # One canonical assay order everywhere (`sort_assays`, the order `load_flab` gives a site's label
+        # columns): heads, label columns and pooled statistics then line up whatever order the job was given.
+        assays = sort_assays([Assay.from_dict(a) if isinstance(a, dict) else a for a in rows])
+        keys = [a.key for a in assays]
+        if len(set(keys)) != len(keys):
+            twice = sorted({k for k in keys if keys.count(k) > 1})
+            raise ValueError(f"the job's assay list names an assay twice: {twice}")
+        return assays
+
+    def count_rows(self, train: FitnessData) -> dict:
+        rows = {t: int((~np.isnan(train.labels[:, train.task_assays(t)])).any(1).sum()) for t in train.tasks}
+        return {"n_train": len(train), "task_rows": rows}
+
+    def stat_keys(self, table: list[Assay]) -> list[str]:
+        return [a.key for a in table]
+
+    def label_moments(self, train: FitnessData):
+        from ..data.stats import moments
+        return moments(train.labels)
+
+    def pool_stats(self, table: list[Assay], site_moments: list) -> AssayStats:
+        return AssayStats.pool([a.key for a in table], [a.sign for a in table], site_moments)
+
+    # ---- site data checks
+    site_files = "assays.csv / <task>/<assay>.csv"
+
+    def detect(self, folder: Path) -> bool:
+        folder = Path(folder)
+        return folder.is_dir() and ((folder / "assays.csv").exists() or any(folder.glob("*/*.csv")))
+
+    def check(self, folder: Path, report) -> None:
+        from ..data.flab_check import check_flab
+        check_flab(Path(folder), report)
+
 
 TASK = Fitness()
 FitnessModel.task = TASK     # what the Trainer asks (targets, outputs, loss, metrics)

@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.fpb import SENTIMENT_LABELS, SentimentData, load_fpb, write_fpb
-from ..data.site import SENTIMENT_FILE as SITE_FILE, sentiment_path
+from ..data.fpb import SENTIMENT_LABELS, SITE_FILE, SentimentData, load_fpb, site_file, write_fpb
 from ..data.split import split_sentiment_sites
 from ..data.synthetic import synthetic_sentiment
 from ..models.heads import MLPHead
@@ -78,7 +77,7 @@ class Sentiment(Task):
 
     # ---- data
     def read(self, folder, assays=None) -> SentimentData:
-        return load_fpb(sentiment_path(folder))   # Sentences.txt, or the original FPB files (50Agree)
+        return load_fpb(site_file(folder))   # Sentences.txt, or the original FPB files (50Agree)
 
     def write(self, data: SentimentData, folder) -> Path:
         write_fpb(data, Path(folder) / SITE_FILE)
@@ -174,6 +173,17 @@ class Sentiment(Task):
 
     def warmup_items(self, model) -> list[str]:
         return ["Operating profit rose compared with the previous quarter."]
+
+    # ---- site data checks
+    site_files = SITE_FILE
+
+    def detect(self, folder: Path) -> bool:
+        folder = Path(folder)
+        return folder.is_file() or (folder.is_dir() and site_file(folder).exists())
+
+    def check(self, folder: Path, report) -> None:
+        from ..data.fpb_check import check_fpb
+        check_fpb(Path(folder), report)
 
 
 TASK = Sentiment()

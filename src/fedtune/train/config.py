@@ -47,17 +47,3 @@ def train_config_for(base: dict, mode: str, **overrides) -> TrainConfig:
     base.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**base)
 
-
-# Compatibility names, to be removed in the next step of issue 14 (`fedtune.fl.config` still asks by kind);
-# the defaults now live with each task kind (`fedtune.tasks.get(kind).default_trunk`, `.train_config`).
-def default_train_config(kind: str, mode: str, **overrides) -> TrainConfig:
-    from ..tasks import get
-    return get(kind).train_config(mode, **overrides)
-
-
-def __getattr__(name: str):
-    if name in ("DEFAULT_TRUNK", "DEFAULT_MODE"):
-        from ..tasks import get, kinds
-        attr = "default_trunk" if name == "DEFAULT_TRUNK" else "default_mode"
-        return {k: getattr(get(k), attr) for k in kinds()}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

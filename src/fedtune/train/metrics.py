@@ -96,12 +96,3 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, names: tuple[s
     return {"n": int(len(labels)), "accuracy": float((pred == labels).mean()) if len(labels) else None,
             "macro_f1": macro, "per_class": per_class}
 
-
-# Compatibility names, to be removed in the next step of issue 14 (the federation tests still import them);
-# each task kind now names its metrics (`fedtune.tasks.get(kind).evaluate`).
-fitness_metrics = regression_metrics
-
-
-def sentiment_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
-    from ..data.fpb import SENTIMENT_LABELS
-    return classification_metrics(probs, labels, SENTIMENT_LABELS)
