@@ -47,12 +47,16 @@ def make_sites():
     return write_sites
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def site_data(tmp_path_factory) -> dict[str, Path]:
     return write_sites(tmp_path_factory.mktemp("sites"), 2)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def federation(tmp_path_factory, site_data):
-    with LocalFederation(tmp_path_factory.mktemp("fed"), site_data, quiet=True) as fed:
+    """One federation for every test that only submits jobs to it (each job has its own id and result folder;
+    a federation starts in about a minute on 2 cores). Sites keep every upload (FEDTUNE_SAVE_UPDATES=1) so a
+    test can check what left them. Tests that kill, poison or reconfigure processes start their own."""
+    with LocalFederation(tmp_path_factory.mktemp("fed"), site_data, quiet=True,
+                         env={"FEDTUNE_SAVE_UPDATES": "1"}) as fed:
         yield fed

@@ -10,19 +10,10 @@ from safetensors.torch import load_file
 
 from fedtune.bundle import load_bundle
 from fedtune.fl.export import export_bundle
-from fedtune.fl.federation import LocalFederation
 from fedtune.fl.submit import find_fedtune_dir
 from fedtune.tasks import build_model
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory, site_data):
-    """Sites that keep every upload (FEDTUNE_SAVE_UPDATES=1), to check what left them."""
-    with LocalFederation(tmp_path_factory.mktemp("fed"), site_data, quiet=True,
-                         env={"FEDTUNE_SAVE_UPDATES": "1"}) as fed:
-        yield fed
 
 
 def test_ffa_lora_job_sends_only_b_and_shares_a(federation, make_job, tiny_text_trunk, tmp_path):
