@@ -1,0 +1,258 @@
+"""Data of the `sequences` kind: a CSV (`data.csv`) of one or two sequence columns and the label columns its
+task card (`task.json`, see `sequences_card`) names; its reader, writer, site split and synthetic data.
+
+Split unit: the sequence tuple (the row's sequences together), so identical inputs never straddle a split.
+Regression labels are float32 [N, L] with NaN where a row has none; a classification label is an int64 [N]
+index into the card's class names.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data.sequences import AMINO_ACIDS, DataError, chain_problem, normalise
+from ..data.split import MAX_DRAWS, MIN_SITE_SAMPLES
+from .sequences_card import Card
+
+DATA_FILE = "data.csv"
+MAX_TEXT_LENGTH = 4000     # characters of one text cell
+UNIT_SEP = "\x1f"          # joins a row's sequences into its split unit
+
+
+@dataclass
+class SequenceData:
+    seqs: list[list[str]]        # [S][N]: one list per sequence column of the card
+    labels: np.ndarray           # float32 [N, L] (regression, NaN = missing) or int64 [N] (classification)
+    card: Card
+
+    def __len__(self) -> int:
+        return len(self.seqs[0])
+
+    def subset(self, idx) -> "SequenceData":
+        idx = np.asarray(idx, dtype=np.int64)
+        return SequenceData([[col[i] for i in idx] for col in self.seqs], self.labels[idx], self.card)
+
+    # the samples protocol (shared with the other data containers): split unit, lengths, model inputs, union
+    def split_ids(self) -> list[str]:
+        """The split unit: the row's sequence tuple."""
+        return [UNIT_SEP.join(t) for t in zip(*self.seqs)]
+
+    def lengths(self) -> np.ndarray:
+        return np.array([sum(len(s) for s in t) for t in zip(*self.seqs)])
+
+    def inputs(self, idx) -> tuple[list[str], ...]:
+        """What the model embeds for rows `idx`: one list per sequence column."""
+        return tuple([col[i] for i in idx] for col in self.seqs)
+
+    @classmethod
+    def concat(cls, parts: list["SequenceData"]) -> "SequenceData":
+        card = parts[0].card
+        return cls([[s for p in parts for s in p.seqs[j]] for j in range(len(card.sequence_columns))],
+                   np.concatenate([p.labels for p in parts]), card)
+
+    def digest(self) -> str:
+        h = hashlib.sha256(repr(self.card.to_dicts()).encode())
+        for i, t in enumerate(zip(*self.seqs)):
+            h.update(UNIT_SEP.join(t).encode())
+            h.update(np.nan_to_num(np.atleast_1d(self.labels[i]), nan=-1e30).astype(np.float64).tobytes())
+        return h.hexdigest()
+
+    def rows(self) -> dict[str, int]:
+        """Labelled rows per regression label, or rows per class."""
+        cls_col = self.card.classification
+        if cls_col:
+            return {c: int((self.labels == k).sum()) for k, c in enumerate(cls_col.classes)}
+        return {c.name: int((~np.isnan(self.labels[:, j])).sum()) for j, c in enumerate(self.card.label_columns)}
+
+
+def _sequence(cell: str, alphabet: str, where: str) -> str:
+    if alphabet == "protein":
+        seq = normalise(cell)
+        problem = chain_problem(seq)
+    else:
+        seq = cell.strip()
+        problem = ("empty text" if not seq else
+                   f"text of length {len(seq)} exceeds the limit of {MAX_TEXT_LENGTH}" if len(seq) > MAX_TEXT_LENGTH
+                   else None)
+    if problem:
+        raise DataError(f"{where}: {problem}")
+    return seq
+
+
+def _number(cell: str, where: str) -> float:
+    cell = cell.strip()
+    if not cell:
+        return math.nan
+    try:
+        value = float(cell)
+    except ValueError:
+        raise DataError(f"{where}: {cell[:40]!r} is not a number (leave the cell empty for a missing label)") from None
+    if not math.isfinite(value):
+        raise DataError(f"{where}: {cell[:40]!r} is not a finite number")
+    return value
+
+
+def read_table(path: str | Path, card: Card) -> SequenceData:
+    """The rows of `data.csv` under `card`; DataError names the file, row, column and what is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / DATA_FILE
+    seq_cols, label_cols, cls_col = card.sequence_columns, card.label_columns, card.classification
+    seqs: list[list[str]] = [[] for _ in seq_cols]
+    labels: list = []
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames:
+                raise DataError(f"{path}: empty file (expected a header row naming the card's columns)")
+            missing = [c.name for c in card.columns if c.name not in reader.fieldnames]
+            if missing:
+                raise DataError(f"{path}: the task card names column(s) {missing} that the CSV header lacks "
+                                f"(header: {reader.fieldnames[:12]})")
+            for r, row in enumerate(reader, start=2):
+                if None in row or any(row.get(c.name) is None for c in card.columns):
+                    raise DataError(f"{path}: row {r}: the number of cells differs from the header's")
+                for j, c in enumerate(seq_cols):
+                    seqs[j].append(_sequence(row[c.name], c.alphabet, f"{path}: row {r}, column {c.name!r}"))
+                if cls_col:
+                    name = row[cls_col.name].strip()
+                    if name not in cls_col.classes:
+                        raise DataError(f"{path}: row {r}, column {cls_col.name!r}: unknown class {name[:40]!r}; "
+                                        f"the card's classes are {list(cls_col.classes)}")
+                    labels.append(cls_col.classes.index(name))
+                else:
+                    values = [_number(row[c.name], f"{path}: row {r}, column {c.name!r}") for c in label_cols]
+                    if all(math.isnan(v) for v in values):
+                        raise DataError(f"{path}: row {r}: no label at all (every label cell is empty)")
+                    labels.append(values)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot be read as a UTF-8 CSV: {exc}") from None
+    if not labels:
+        raise DataError(f"{path}: no data rows")
+    arr = (np.asarray(labels, dtype=np.int64) if cls_col
+           else np.asarray(labels, dtype=np.float32).reshape(len(labels), len(label_cols)))
+    return SequenceData(seqs, arr, card)
+
+
+def write_table(data: SequenceData, folder: str | Path) -> Path:
+    """`data.csv` + `task.json` in `folder` (created), read back identically by `read_table`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    card, cls_col = data.card, data.card.classification
+    with (folder / DATA_FILE).open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow([c.name for c in card.columns])
+        for i, t in enumerate(zip(*data.seqs)):
+            if cls_col:
+                cells = [cls_col.classes[int(data.labels[i])]]
+            else:
+                cells = ["" if np.isnan(v) else repr(float(v)) for v in data.labels[i]]
+            w.writerow(list(t) + cells)
+    card.write(folder)
+    return folder
+
+
+def _groups(data: SequenceData) -> tuple[list[str], dict[str, list[int]]]:
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(data.split_ids()):
+        groups.setdefault(key, []).append(i)
+    return sorted(groups), groups
+
+
+def _strata(data: SequenceData, keys: list[str], groups: dict, bins: int = 3) -> np.ndarray:
+    """A stratum per split unit for label skew: its class, or a tertile of its first labelled regression value."""
+    first = groups
+    if data.card.classification:
+        return np.array([int(data.labels[first[k][0]]) for k in keys])
+    lab = data.labels[[first[k][0] for k in keys]]
+    val = np.array([row[~np.isnan(row)][0] for row in lab])
+    cuts = np.quantile(val, np.linspace(0, 1, bins + 1)[1:-1])
+    return np.searchsorted(cuts, val)
+
+
+def split_sites(data: SequenceData, n_sites: int, alpha: float, split: str, seed: int) -> list[SequenceData]:
+    """IID (shuffled units, equal shares) or label-skewed (`skew`: Dirichlet(alpha) share of each class, or of
+    each tertile of the first label, per site), by split unit; deterministic under `seed`."""
+    if n_sites < 1:
+        raise ValueError("n_sites must be >= 1")
+    keys, groups = _groups(data)
+    if split == "iid":
+        order = np.random.default_rng(seed).permutation(len(keys))
+        return [data.subset(sorted(i for g in part for i in groups[keys[g]])) for part in np.array_split(order, n_sites)]
+    if split != "skew":
+        raise ValueError(f"unknown split mode {split!r}; choose 'iid' or 'skew'")
+    strata = _strata(data, keys, groups)
+    for draw in range(MAX_DRAWS):
+        rng = np.random.default_rng([seed, draw])
+        parts: list[list[int]] = [[] for _ in range(n_sites)]
+        for s in np.unique(strata):
+            units = rng.permutation(np.flatnonzero(strata == s))
+            cuts = (np.cumsum(rng.dirichlet(np.full(n_sites, alpha)))[:-1] * len(units)).astype(int)
+            for k, part in enumerate(np.split(units, cuts)):
+                parts[k].extend(i for g in part for i in groups[keys[g]])
+        if min(len(p) for p in parts) >= min(MIN_SITE_SAMPLES, len(data) // n_sites):
+            return [data.subset(sorted(p)) for p in parts]
+    raise ValueError(f"no Dirichlet(alpha={alpha}) draw gave every site data; raise alpha or use fewer sites")
+
+
+# ---- synthetic data: labels follow the residue composition (protein) or the wording (text)
+_GROUPS = ("AILMFVW", "KR", "DE", "FWY")
+_ALPHABET = np.array(sorted(AMINO_ACIDS))
+_PARENT = "EVQLVESGGGLVQPGGSLRLSCAASGFTFSSYAMSWVRQAPGKGLEWVSAISGSGGSTYYADSVKGRFTISRDNSKNTLYLQMNSLRAEDTAVYYC"
+SYNTHETIC_REGRESSION = [
+    {"name": "chain", "role": "sequence", "alphabet": "protein"},
+    {"name": "stability", "role": "regression", "favourable": "higher", "units": "deg C"},
+    {"name": "viscosity", "role": "regression", "favourable": "lower", "units": "cP"},
+]
+SYNTHETIC_CLASSES = [
+    {"name": "text", "role": "sequence", "alphabet": "text"},
+    {"name": "outcome", "role": "classification", "classes": ["fail", "pass"]},
+]
+
+
+def _mutant(rng: np.random.Generator, rate: float = 0.25) -> str:
+    seq = np.array(list(_PARENT))
+    hit = rng.random(len(seq)) < rate
+    seq[hit] = rng.choice(_ALPHABET, size=int(hit.sum()))
+    return "".join(seq[: len(seq) - int(rng.integers(0, 6))])
+
+
+def synthetic_sequences(n: int, seed: int, specs: list[dict] | None = None) -> SequenceData:
+    """Deterministic data with a learnable signal under a card (default `SYNTHETIC_REGRESSION`): protein labels
+    are linear in the hydrophobic / charged / aromatic fractions plus noise (about a tenth of the regression
+    cells left empty); text classes follow the verb of the sentence."""
+    card = Card.from_dicts(specs or SYNTHETIC_REGRESSION)
+    rng = np.random.default_rng(seed)
+    if card.alphabet == "text":
+        words = (["fell", "failed", "dropped", "collapsed"], ["rose", "passed", "held", "improved"])
+        seqs = [[f"batch {int(rng.integers(10**6))} {c.name} {rng.choice(words[k % 2])} in run {int(rng.integers(99))}"
+                 for k in range(n)] for c in card.sequence_columns]
+        kind = np.array([0 if any(w in s for w in words[0]) else 1 for s in seqs[0]])
+    else:
+        seqs = [[_mutant(rng) for _ in range(n)] for _ in card.sequence_columns]
+        feats = np.array([np.concatenate([[sum(s.count(a) for a in g) / len(s) for g in _GROUPS] for s in t])
+                          for t in zip(*seqs)])
+        feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-9)
+        kind = feats @ np.random.default_rng(777).normal(size=(feats.shape[1], card.n_outputs))
+        kind = (kind - kind.mean(0)) / (kind.std(0) + 1e-9)
+    cls_col = card.classification
+    if cls_col:
+        score = kind if kind.ndim == 1 else kind[:, 0]
+        labels = (np.digitize(score, np.quantile(score, np.linspace(0, 1, len(cls_col.classes) + 1)[1:-1]))
+                  if kind.ndim > 1 else score % len(cls_col.classes)).astype(np.int64)
+        return SequenceData(seqs, labels, card)
+    if kind.ndim == 1:
+        kind = np.repeat((kind * 2.0 - 1.0)[:, None], card.n_outputs, axis=1)
+    signs = np.array([c.sign for c in card.label_columns])
+    raw = 10.0 + 3.0 * signs * (kind + 0.2 * rng.normal(size=kind.shape))
+    raw[rng.random(raw.shape) < 0.1] = np.nan
+    raw[np.isnan(raw).all(1), 0] = 10.0
+    return SequenceData(seqs, raw.astype(np.float32), card)
