@@ -154,7 +154,7 @@ def write_table(data: SequenceData, folder: str | Path) -> Path:
             if cls_col:
                 cells = [cls_col.classes[int(data.labels[i])]]
             else:
-                cells = ["" if np.isnan(v) else repr(float(v)) for v in data.labels[i]]
+                cells = ["" if np.isnan(v) else str(np.float32(v)) for v in data.labels[i]]   # shortest exact float32
             w.writerow(list(t) + cells)
     card.write(folder)
     return folder
