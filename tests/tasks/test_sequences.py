@@ -165,3 +165,41 @@ def test_a_classification_card_with_two_text_columns_learns(tiny_text_trunk):
     assert set(after["per_class"]) == {"fail", "pass"} and "macro-F1" in TASK.headline(after)
     logits = trainer.predict(data.subset(range(4)))
     assert logits.shape == (4, 2)
+
+
+def test_the_card_travels_as_the_job_label_table_and_statistics_pool_from_moments():
+    data = synthetic_sequences(120, 4)
+    table = TASK.table_from_dicts(TASK.label_table(data))
+    assert TASK.table_to_dicts(table) == TASK.label_table(data) == TASK.table_to_dicts(TASK.table_from_dicts(table))
+    assert TASK.stat_keys(table) == ["stability", "viscosity"]
+    with pytest.raises(ValueError, match="duplicate column spec"):
+        TASK.table_from_dicts(TASK.label_table(data) + [TASK.label_table(data)[-1]])
+    a, b = data.subset(range(50)), data.subset(range(50, 120))
+    pooled = TASK.pool_stats(table, [TASK.label_moments(a), TASK.label_moments(b)])
+    whole = TASK.fit_stats(data)
+    assert pooled.keys == whole.keys and np.allclose(pooled.mean, whole.mean) and np.allclose(pooled.std, whole.std)
+    classes = synthetic_sequences(30, 0, SYNTHETIC_CLASSES)
+    assert TASK.stat_keys(TASK.label_table(classes)) == [] and [m.shape for m in TASK.label_moments(classes)] == [(0,)] * 3
+    assert TASK.pool_stats(TASK.label_table(classes), [TASK.label_moments(classes)]).keys == []
+
+
+def test_the_site_check_reports_every_bad_row_and_the_loader_agrees(tmp_path):
+    from fedtune.data.check import CheckReport
+    rows = "chain,tm\nACDE,1\nACXZ,2\nACDE,1\nACDF,warm\nACDG,\nACDH,3\n"
+    src = folder(tmp_path, [PROTEIN, TM], rows)
+    assert TASK.detect(src) and not TASK.detect(tmp_path / "nothing")
+    report = CheckReport("sequences", str(src))
+    TASK.check(src, report)
+    errors = [(p.row, p.column) for p in report.errors]
+    assert errors == [(3, "chain"), (5, "tm"), (6, None)]
+    assert any("exact duplicate of row 2" in p.reason for p in report.warnings if p.row == 4)
+    assert report.rows == {"tm": 3} and report.samples == 3
+    with pytest.raises(DataError, match="row 3, column 'chain'"):
+        TASK.read(src)
+    (src / "task.json").write_text(json.dumps({"columns": [PROTEIN]}))
+    report = CheckReport("sequences", str(src))
+    TASK.check(src, report)
+    assert [p.file for p in report.errors] == ["task.json"] and "label column" in report.errors[0].reason
+    good = CheckReport("sequences", str(EXAMPLE))
+    TASK.check(EXAMPLE, good)
+    assert good.ok and good.samples == len(TASK.read(EXAMPLE))

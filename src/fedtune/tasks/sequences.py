@@ -23,9 +23,10 @@ from ..data.stats import AssayStats, moments
 from ..models.heads import MLPHead
 from ..models.trunk import Trunk
 from .base import Task, fmt
-from .sequences_card import Card, card_of
-from .sequences_data import (SYNTHETIC_REGRESSION, SequenceData, read_table, split_sites, synthetic_sequences,
-                             write_table)
+from .sequences_card import CARD_FILE, Card, ColumnSpec, card_of
+from .sequences_check import check_folder
+from .sequences_data import (DATA_FILE, SYNTHETIC_REGRESSION, SequenceData, read_table, split_sites,
+                             synthetic_sequences, write_table)
 
 HIDDEN = (128, 64)
 KIND = "sequences"
@@ -81,6 +82,10 @@ def _loss():
     return Loss("masked_mse|cross_entropy", lambda out, t: pick(t).terms(out, t), lambda t: pick(t).count(t))
 
 
+def _regression(card: Card) -> list[ColumnSpec]:
+    return [c for c in card.label_columns if c.role == "regression"]
+
+
 def _is_regression(metrics: dict) -> bool:
     return "labels" in metrics
 
@@ -134,13 +139,44 @@ class Sequences(Task):
 
     # ---- target scaling: per regression label, oriented z (none for a classification card)
     def fit_stats(self, train: SequenceData) -> AssayStats:
-        cols = [c for c in train.card.label_columns if c.role == "regression"]
-        if not cols:
-            return AssayStats.from_moments([], [], np.zeros(0), np.zeros(0), np.zeros(0))
-        return AssayStats.from_moments([c.name for c in cols], [c.sign for c in cols], *moments(train.labels))
+        return self.pool_stats(train.card, [self.label_moments(train)])
 
     def stats_from_dict(self, d):
         return AssayStats.from_dict(d or {})
+
+    # ---- federation (fl/): the job's label table is the card; statistics pool per regression label
+    needs_label_table = True
+    label_table_noun = "task card"
+
+    def table_from_dicts(self, rows: list) -> list[ColumnSpec]:
+        return list(card_of(rows).columns)
+
+    def table_to_dicts(self, table: list) -> list[dict]:
+        return card_of(table).to_dicts()
+
+    def stat_keys(self, table) -> list[str]:
+        return [c.name for c in _regression(card_of(table))]
+
+    def label_moments(self, train: SequenceData):
+        if train.card.classification:
+            return np.zeros(0), np.zeros(0), np.zeros(0)
+        return moments(train.labels)
+
+    def pool_stats(self, table, site_moments: list) -> AssayStats:
+        cols = _regression(card_of(table))
+        if not cols:
+            return AssayStats.from_moments([], [], np.zeros(0), np.zeros(0), np.zeros(0))
+        return AssayStats.pool([c.name for c in cols], [c.sign for c in cols], site_moments)
+
+    # ---- site data checks (`fedtune check-data`)
+    site_files = f"{DATA_FILE} + {CARD_FILE}"
+
+    def detect(self, folder) -> bool:
+        folder = Path(folder)
+        return folder.is_dir() and (folder / CARD_FILE).exists()
+
+    def check(self, folder, report) -> None:
+        check_folder(Path(folder), report)
 
     # ---- model
     def new_model(self, trunk, assays=None) -> SequencesModel:

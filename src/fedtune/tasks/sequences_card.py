@@ -165,5 +165,8 @@ class Card:
 
 
 def card_of(table) -> Card:
-    """A Card from a label table (a Card, or a list of column spec dicts)."""
-    return table if isinstance(table, Card) else Card.from_dicts(list(table) if table is not None else None)
+    """A checked Card from a label table: a Card, or a list of column specs (dicts or ColumnSpec objects)."""
+    if isinstance(table, Card):
+        return table
+    rows = [c.to_dict() if isinstance(c, ColumnSpec) else c for c in table] if isinstance(table, (list, tuple)) else table
+    return Card.from_dicts(rows)

@@ -71,7 +71,7 @@ class SequenceData:
         return {c.name: int((~np.isnan(self.labels[:, j])).sum()) for j, c in enumerate(self.card.label_columns)}
 
 
-def _sequence(cell: str, alphabet: str, where: str) -> str:
+def _sequence(cell: str, alphabet: str, column: str) -> str:
     if alphabet == "protein":
         seq = normalise(cell)
         problem = chain_problem(seq)
@@ -81,64 +81,112 @@ def _sequence(cell: str, alphabet: str, where: str) -> str:
                    f"text of length {len(seq)} exceeds the limit of {MAX_TEXT_LENGTH}" if len(seq) > MAX_TEXT_LENGTH
                    else None)
     if problem:
-        raise DataError(f"{where}: {problem}")
+        raise _RowError(problem, column)
     return seq
 
 
-def _number(cell: str, where: str) -> float:
+def _number(cell: str, column: str) -> float:
     cell = cell.strip()
     if not cell:
         return math.nan
     try:
         value = float(cell)
     except ValueError:
-        raise DataError(f"{where}: {cell[:40]!r} is not a number (leave the cell empty for a missing label)") from None
+        raise _RowError(f"{cell[:40]!r} is not a number (leave the cell empty for a missing label)", column) from None
     if not math.isfinite(value):
-        raise DataError(f"{where}: {cell[:40]!r} is not a finite number")
+        raise _RowError(f"{cell[:40]!r} is not a finite number", column)
     return value
+
+
+def _open_rows(path: Path, card: Card):
+    """The open file and its DictReader, after the header was checked against the card."""
+    try:
+        f = path.open(newline="", encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read: {exc}") from None
+    try:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames
+    except (UnicodeDecodeError, csv.Error) as exc:
+        f.close()
+        raise DataError(f"{path}: cannot be read as a UTF-8 CSV: {exc}") from None
+    if not header:
+        f.close()
+        raise DataError(f"{path}: empty file (expected a header row naming the card's columns)")
+    dup = sorted({h for h in header if header.count(h) > 1})
+    missing = [c.name for c in card.columns if c.name not in header]
+    if dup or missing:
+        f.close()
+        raise DataError(f"{path}: " + (f"the header names column(s) {dup} twice" if dup else
+                                       f"the task card names column(s) {missing} that the CSV header lacks "
+                                       f"(header: {header[:12]})"))
+    return f, reader
+
+
+def _parse(row: dict, card: Card):
+    """(sequences, label) of one CSV row under `card`, or raise DataError(reason, column)."""
+    if None in row or any(row.get(c.name) is None for c in card.columns):
+        raise _RowError("the number of cells differs from the header's")
+    seqs = []
+    for c in card.sequence_columns:
+        seqs.append(_sequence(row[c.name], c.alphabet, c.name))
+    cls_col = card.classification
+    if cls_col:
+        name = row[cls_col.name].strip()
+        if name not in cls_col.classes:
+            raise _RowError(f"unknown class {name[:40]!r}; the card's classes are {list(cls_col.classes)}",
+                            cls_col.name)
+        return seqs, cls_col.classes.index(name)
+    values = [_number(row[c.name], c.name) for c in card.label_columns]
+    if all(math.isnan(v) for v in values):
+        raise _RowError("no label at all (every label cell is empty)")
+    return seqs, values
+
+
+class _RowError(DataError):
+    def __init__(self, reason: str, column: str | None = None):
+        super().__init__(reason)
+        self.reason, self.column = reason, column
+
+
+def iter_rows(path: str | Path, card: Card):
+    """Yield (CSV row number, (sequences, label) or None, (reason, column) or None) for every data row of
+    `data.csv` under `card`: the one definition of a valid row, shared by the loader and the site check.
+    A file or header that cannot be used raises DataError."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / DATA_FILE
+    f, reader = _open_rows(path, card)
+    with f:
+        try:
+            for r, row in enumerate(reader, start=2):
+                try:
+                    yield r, _parse(row, card), None
+                except _RowError as exc:
+                    yield r, None, (exc.reason, exc.column)
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(f"{path}: cannot be read as a UTF-8 CSV: {exc}") from None
 
 
 def read_table(path: str | Path, card: Card) -> SequenceData:
     """The rows of `data.csv` under `card`; DataError names the file, row, column and what is wrong."""
     path = Path(path)
-    if path.is_dir():
-        path = path / DATA_FILE
-    seq_cols, label_cols, cls_col = card.sequence_columns, card.label_columns, card.classification
-    seqs: list[list[str]] = [[] for _ in seq_cols]
+    path = path / DATA_FILE if path.is_dir() else path
+    seqs: list[list[str]] = [[] for _ in card.sequence_columns]
     labels: list = []
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames:
-                raise DataError(f"{path}: empty file (expected a header row naming the card's columns)")
-            missing = [c.name for c in card.columns if c.name not in reader.fieldnames]
-            if missing:
-                raise DataError(f"{path}: the task card names column(s) {missing} that the CSV header lacks "
-                                f"(header: {reader.fieldnames[:12]})")
-            for r, row in enumerate(reader, start=2):
-                if None in row or any(row.get(c.name) is None for c in card.columns):
-                    raise DataError(f"{path}: row {r}: the number of cells differs from the header's")
-                for j, c in enumerate(seq_cols):
-                    seqs[j].append(_sequence(row[c.name], c.alphabet, f"{path}: row {r}, column {c.name!r}"))
-                if cls_col:
-                    name = row[cls_col.name].strip()
-                    if name not in cls_col.classes:
-                        raise DataError(f"{path}: row {r}, column {cls_col.name!r}: unknown class {name[:40]!r}; "
-                                        f"the card's classes are {list(cls_col.classes)}")
-                    labels.append(cls_col.classes.index(name))
-                else:
-                    values = [_number(row[c.name], f"{path}: row {r}, column {c.name!r}") for c in label_cols]
-                    if all(math.isnan(v) for v in values):
-                        raise DataError(f"{path}: row {r}: no label at all (every label cell is empty)")
-                    labels.append(values)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot be read as a UTF-8 CSV: {exc}") from None
+    for r, parsed, problem in iter_rows(path, card):
+        if problem:
+            reason, column = problem
+            raise DataError(f"{path}: row {r}" + (f", column {column!r}" if column else "") + f": {reason}")
+        for j, s in enumerate(parsed[0]):
+            seqs[j].append(s)
+        labels.append(parsed[1])
     if not labels:
         raise DataError(f"{path}: no data rows")
-    arr = (np.asarray(labels, dtype=np.int64) if cls_col
-           else np.asarray(labels, dtype=np.float32).reshape(len(labels), len(label_cols)))
+    arr = (np.asarray(labels, dtype=np.int64) if card.classification
+           else np.asarray(labels, dtype=np.float32).reshape(len(labels), len(card.label_columns)))
     return SequenceData(seqs, arr, card)
 
 
