@@ -281,6 +281,31 @@ class Sequences(Task):
         ax.axhline(0, color="grey", lw=0.5)
         return fig, ax
 
+    # ---- bundle: the task card in the manifest
+    def manifest_fields(self, model: SequencesModel) -> dict:
+        return {"card": model.card.to_dicts()}
+
+    def model_from_manifest(self, trunk, manifest: dict, hidden) -> SequencesModel:
+        return SequencesModel(trunk, Card.from_dicts(manifest["card"]), hidden)
+
+    # ---- serving: an item is a row's sequences, checked against the model's card by the API
+    # (`Card.item_columns`: a dict by column name from /v1, a tuple from /v2, None for the warm-up)
+    warmup_items = (None,)
+    api_module = "sequences_api"
+
+    def item_length(self, item) -> int:
+        if item is None:
+            return 0
+        return sum(len(s) for s in (item.values() if isinstance(item, dict) else item))
+
+    def tokenize(self, model: SequencesModel, items: list):
+        return model.tokenize(*zip(*(model.card.item_columns(it) for it in items)))
+
+    def head_outputs(self, model: SequencesModel, emb, heads) -> np.ndarray:
+        """Oriented z [n, labels], or class probabilities [n, classes]."""
+        out = model.apply_heads(emb, heads).float()
+        return (out.softmax(-1) if model.card.classification else out).cpu().numpy()
+
 
 TASK = Sequences()
 SequencesModel.task = TASK     # what the Trainer asks (targets, outputs, loss, metrics)

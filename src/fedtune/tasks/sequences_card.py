@@ -19,10 +19,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..data.sequences import DataError
+from ..data.sequences import DataError, normalise
 
 CARD_FILE = "task.json"
 ALPHABETS = {"protein": "antiberty", "text": "minilm"}   # alphabet -> default trunk
+WARMUP = {"protein": "EVQLVESGGGLVQPGGSLRLSCAASGFTFSSYAMS", "text": "The results were reported today."}
 ROLES = ("sequence", "regression", "classification")
 MAX_SEQUENCE_COLUMNS = 2
 MAX_NAME = 64
@@ -156,6 +157,18 @@ class Card:
     @property
     def default_trunk(self) -> str:
         return ALPHABETS[self.alphabet]
+
+    def item_columns(self, item) -> list[str]:
+        """A served item's sequences in the card's column order, prepared for the trunk (protein: normalised).
+        An item is a dict by column name (/v1), a tuple by position (/v2), or None: a valid stand-in of the
+        card's alphabet (the service's warm-up)."""
+        if item is None:
+            return [WARMUP[self.alphabet]] * len(self.sequence_columns)
+        seqs = [item[c.name] for c in self.sequence_columns] if isinstance(item, dict) else list(item)
+        return [self.prepare(s) for s in seqs]
+
+    def prepare(self, seq: str) -> str:
+        return normalise(seq) if self.alphabet == "protein" else seq.strip()
 
     @property
     def n_outputs(self) -> int:
