@@ -16,7 +16,6 @@ import torch
 from fedtune.data import DataError
 from fedtune.models import TrunkConfig
 from fedtune.tasks import get
-from fedtune.tasks.sequences_card import Card
 from fedtune.tasks.sequences_data import SYNTHETIC_CLASSES, synthetic_sequences, write_table
 from fedtune.train import TrainConfig, Trainer
 

@@ -217,10 +217,10 @@ def _groups(data: SequenceData) -> tuple[list[str], dict[str, list[int]]]:
 
 def _strata(data: SequenceData, keys: list[str], groups: dict, bins: int = 3) -> np.ndarray:
     """A stratum per split unit for label skew: its class, or a tertile of its first labelled regression value."""
-    first = groups
+    first = [groups[k][0] for k in keys]          # a unit's first row stands for it
     if data.card.classification:
-        return np.array([int(data.labels[first[k][0]]) for k in keys])
-    lab = data.labels[[first[k][0] for k in keys]]
+        return data.labels[first].astype(np.int64)
+    lab = data.labels[first]
     val = np.array([row[~np.isnan(row)][0] for row in lab])
     cuts = np.quantile(val, np.linspace(0, 1, bins + 1)[1:-1])
     return np.searchsorted(cuts, val)
@@ -276,31 +276,29 @@ def _mutant(rng: np.random.Generator, rate: float = 0.25) -> str:
 def synthetic_sequences(n: int, seed: int, specs: list[dict] | None = None) -> SequenceData:
     """Deterministic data with a learnable signal under a card (default `SYNTHETIC_REGRESSION`): protein labels
     are linear in the hydrophobic / charged / aromatic fractions plus noise (about a tenth of the regression
-    cells left empty); text classes follow the verb of the sentence."""
+    cells left empty), protein classes are bins of that signal; text says "rose" or "fell" (class 1 or 0)."""
     card = Card.from_dicts(specs or SYNTHETIC_REGRESSION)
     rng = np.random.default_rng(seed)
+    width = card.n_outputs
     if card.alphabet == "text":
         words = (["fell", "failed", "dropped", "collapsed"], ["rose", "passed", "held", "improved"])
         seqs = [[f"batch {int(rng.integers(10**6))} {c.name} {rng.choice(words[k % 2])} in run {int(rng.integers(99))}"
                  for k in range(n)] for c in card.sequence_columns]
-        kind = np.array([0 if any(w in s for w in words[0]) else 1 for s in seqs[0]])
+        signal = np.repeat((np.arange(n) % 2 * 2.0 - 1.0)[:, None], width, axis=1)       # -1 fell, +1 rose
     else:
         seqs = [[_mutant(rng) for _ in range(n)] for _ in card.sequence_columns]
         feats = np.array([np.concatenate([[sum(s.count(a) for a in g) / len(s) for g in _GROUPS] for s in t])
                           for t in zip(*seqs)])
         feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-9)
-        kind = feats @ np.random.default_rng(777).normal(size=(feats.shape[1], card.n_outputs))
-        kind = (kind - kind.mean(0)) / (kind.std(0) + 1e-9)
+        signal = feats @ np.random.default_rng(777).normal(size=(feats.shape[1], width))
+        signal = (signal - signal.mean(0)) / (signal.std(0) + 1e-9)
     cls_col = card.classification
     if cls_col:
-        score = kind if kind.ndim == 1 else kind[:, 0]
-        labels = (np.digitize(score, np.quantile(score, np.linspace(0, 1, len(cls_col.classes) + 1)[1:-1]))
-                  if kind.ndim > 1 else score % len(cls_col.classes)).astype(np.int64)
-        return SequenceData(seqs, labels, card)
-    if kind.ndim == 1:
-        kind = np.repeat((kind * 2.0 - 1.0)[:, None], card.n_outputs, axis=1)
+        cuts = np.quantile(signal[:, 0], np.linspace(0, 1, len(cls_col.classes) + 1)[1:-1])
+        return SequenceData(seqs, np.digitize(signal[:, 0], cuts).astype(np.int64), card)
     signs = np.array([c.sign for c in card.label_columns])
-    raw = 10.0 + 3.0 * signs * (kind + 0.2 * rng.normal(size=kind.shape))
+    raw = 10.0 + 3.0 * signs * (signal + 0.2 * rng.normal(size=signal.shape))
     raw[rng.random(raw.shape) < 0.1] = np.nan
-    raw[np.isnan(raw).all(1), 0] = 10.0
+    empty = np.isnan(raw).all(1)
+    raw[empty, 0] = 10.0 + 3.0 * signs[0] * signal[empty, 0]          # every row keeps a label
     return SequenceData(seqs, raw.astype(np.float32), card)
