@@ -238,7 +238,7 @@ class Sequences(Task):
     def report_tables(self, results, runs, titles, summ) -> list[str]:
         regression = any(_is_regression(m) for m in _site_metrics(results))
         if not regression:
-            lines = ["## Validation accuracy and macro-F1 per site", "",
+            lines = ["## Test accuracy and macro-F1 per site (scored once)", "",
                      "| site | " + " | ".join(f"{t} acc / F1" for t in titles) + " |", "|---|" + "---|" * len(runs)]
             for site in results["sites"]:
                 lines.append(f"| {site} | " + " | ".join(
@@ -248,7 +248,7 @@ class Sequences(Task):
                 f"**{fmt(summ[r]['accuracy'])}** / {fmt(summ[r]['macro_f1'])}" for r in runs) + " |")
             return lines
         names = list(summ[runs[0]]["labels"])
-        lines = ["## Mean over sites (validation split of each site)", "",
+        lines = ["## Mean over sites (test split of each site, scored once)", "",
                  "| label | " + " | ".join(f"{t} Pearson / Spearman" for t in titles) + " |",
                  "|---|" + "---|" * len(runs)]
         for n in names:
@@ -256,7 +256,7 @@ class Sequences(Task):
                                                   f"{fmt(summ[r]['labels'][n]['spearman'])}" for r in runs) + " |")
         lines.append("| **mean** | " + " | ".join(f"**{fmt(summ[r]['mean_pearson'])}** / "
                                                   f"{fmt(summ[r]['mean_spearman'])}" for r in runs) + " |")
-        lines += ["", "## Per site and label", "", "RMSE in the label's own units; Pearson of predictions vs labels.",
+        lines += ["", "## Per site and label (test split)", "", "RMSE in the label's own units; Pearson of predictions vs labels.",
                   "", "| site | label | n | " + " | ".join(f"{t} RMSE / Pearson" for t in titles) + " |",
                   "|---|---|---|" + "---|" * len(runs)]
         for site in results["sites"]:
@@ -277,7 +277,7 @@ class Sequences(Task):
             ax.bar(np.arange(len(names)) + i * width, vals, width, label=title)
         ax.set_xticks(np.arange(len(names)) + width * (len(runs) - 1) / 2, names, rotation=20)
         ax.set_ylabel("Pearson (mean over sites)" if regression else "mean over sites")
-        ax.set_title("Per-label validation Pearson" if regression else "Validation accuracy and macro-F1")
+        ax.set_title("Per-label test Pearson" if regression else "Test accuracy and macro-F1")
         ax.axhline(0, color="grey", lw=0.5)
         return fig, ax
 
