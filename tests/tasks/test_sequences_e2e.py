@@ -73,8 +73,8 @@ def test_compare_local_fedavg_pooled_over_a_real_federation(tmp_path, tiny_antib
         first = out["predictions"][0]
         assert first["id"] == "ab-0" and set(first["values"]) == {"tm", "viscosity"}
         assert first["values"]["viscosity"]["units"] == "cP" and first["values"]["viscosity"]["favourable"] == "lower"
-        v2 = {"inputs": [{"name": "sequences", "datatype": "BYTES", "shape": [3],
-                          "data": [f"{h}\t{lt}" for h, lt, *_ in rows]}]}
+        v2 = {"inputs": [{"name": "heavy", "datatype": "BYTES", "shape": [3], "data": [r[0] for r in rows]},
+                         {"name": "light", "datatype": "BYTES", "shape": [3], "data": [r[1] for r in rows]}]}
         r = httpx.post(f"{url}/v2/models/sequences/infer", json=v2, timeout=60)
         assert r.status_code == 200, r.text
         tensors = {o["name"]: o for o in r.json()["outputs"]}
@@ -87,8 +87,12 @@ def test_compare_local_fedavg_pooled_over_a_real_federation(tmp_path, tiny_antib
         r = httpx.post(f"{url}/v1/sequences/predict", json={"items": [{"sequences": {"heavy": "EVQL"}}]}, timeout=60)
         assert r.status_code == 422 and "['heavy', 'light']" in r.text
         r = httpx.post(f"{url}/v2/models/sequences/infer", json={"inputs": [
-            {"name": "sequences", "datatype": "BYTES", "shape": [1], "data": ["EVQL\tDIQ\tQQQ"]}]}, timeout=60)
-        assert r.status_code == 422
+            {"name": "heavy", "datatype": "BYTES", "shape": [1], "data": ["EVQL"]},
+            {"name": "light", "datatype": "BYTES", "shape": [1], "data": ["DIQ1"]}]}, timeout=60)
+        assert r.status_code == 422 and "column 'light'" in r.text
+        r = httpx.post(f"{url}/v2/models/sequences/infer", json={"inputs": [
+            {"name": "heavy", "datatype": "BYTES", "shape": [1], "data": ["EVQL"]}]}, timeout=60)
+        assert r.status_code == 400 and "light" in r.text
 
 
 def test_a_text_classification_card_is_served_from_a_local_run(tmp_path, tiny_text_trunk):
@@ -108,12 +112,12 @@ def test_a_text_classification_card_is_served_from_a_local_run(tmp_path, tiny_te
         assert set(preds[0]["probabilities"]) == {"fail", "pass"} and preds[0]["label"] in ("fail", "pass")
         assert sum(preds[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         r = httpx.post(f"{url}/v2/models/sequences/infer", json={"inputs": [
-            {"name": "sequences", "datatype": "BYTES", "shape": [2], "data": ["it rose", "it fell"]}]}, timeout=60)
+            {"name": "text", "datatype": "BYTES", "shape": [2], "data": ["it rose", "it fell"]}]}, timeout=60)
         assert r.status_code == 200, r.text
         tensors = {o["name"]: o for o in r.json()["outputs"]}
         assert tensors["label"]["shape"] == [2] and tensors["probabilities"]["shape"] == [2, 2]
         r = httpx.get(f"{url}/v2/models/sequences", timeout=60)
-        assert r.status_code == 200 and [i["name"] for i in r.json()["inputs"]] == ["sequences"]
+        assert r.status_code == 200 and [i["name"] for i in r.json()["inputs"]] == ["text"]
 
 
 class serving:

@@ -288,14 +288,14 @@ class Sequences(Task):
     def model_from_manifest(self, trunk, manifest: dict, hidden) -> SequencesModel:
         return SequencesModel(trunk, Card.from_dicts(manifest["card"]), hidden)
 
-    # ---- serving: an item is a row's sequences, checked against the model's card by the API
-    # (`Card.item_columns`: a dict by column name from /v1, a tuple from /v2, None for the warm-up)
-    warmup_items = (None,)
+    # ---- serving: an item is a row's sequences by column name, checked against the model's card by the API
+    # (`Card.item_columns`)
     api_module = "sequences_api"
 
+    def warmup_items(self, model: SequencesModel) -> list:
+        return [model.card.warmup_item()]
+
     def item_length(self, item) -> int:
-        if item is None:
-            return 0
         return sum(len(s) for s in (item.values() if isinstance(item, dict) else item))
 
     def tokenize(self, model: SequencesModel, items: list):

@@ -1,8 +1,7 @@
 """sequences, the REST side (`Sequences.api`): /v1/sequences/predict bodies, validation of each item against the
 served model's task card, and per item the regression labels (own units + oriented z) or the class and its
-probabilities. KServe v2: input `sequences` (BYTES [N]; a two-column card's item is its two sequences joined by
-a tab), outputs one FP32 [N] per regression label (own units), or `label` (BYTES [N]) and `probabilities`
-(FP32 [N, C]).
+probabilities. KServe v2: one BYTES [N] input per sequence column of the card (named as in the card), outputs
+one FP32 [N] per regression label (own units), or `label` (BYTES [N]) and `probabilities` (FP32 [N, C]).
 
 What an item looks like depends on the model's card, so `items` only checks the shape of a body and `job`
 (which sees the model) checks every sequence against the card (422 naming item, column and problem).
@@ -22,9 +21,6 @@ from ..serve.predict import MAX_LISTED_PROBLEMS, HeadChoice, meta, select_output
 from ..serve.schemas import PredictionMeta, Text
 from .sequences_card import MAX_SEQUENCE_COLUMNS, Card
 from .sequences_data import MAX_TEXT_LENGTH
-
-V2_SEP = "\t"          # joins a two-column item's sequences in the KServe v2 `sequences` input
-
 
 # ---- bodies ------------------------------------------------------------------------------------------------
 class Item(BaseModel):
@@ -130,7 +126,6 @@ class SequencesApi(KindApi):
     their own units and as oriented z-scores, or the class and its probabilities. See GET /v1/models for the
     card of the served model."""
     noun = "items"
-    v2_inputs = ("sequences",)
 
     def count(self, body: SequencesRequest) -> int:
         return len(body.items)
@@ -163,6 +158,9 @@ class SequencesApi(KindApi):
         return SequencesResponse(**meta(model, heads), task="classification" if cls_col else "regression",
                                  columns=[c.name for c in card.sequence_columns], predictions=preds)
 
+    def v2_inputs(self, model) -> tuple[str, ...]:
+        return tuple(c.name for c in model.bundle.model.card.sequence_columns)
+
     def v2_outputs(self, model) -> list[dict]:
         card = model.bundle.model.card
         if card.classification:
@@ -171,7 +169,7 @@ class SequencesApi(KindApi):
         return [{"name": c.name, "datatype": "FP32", "shape": [-1]} for c in card.label_columns]
 
     def v2_items(self, inputs, req, settings):
-        items = [tuple(s.split(V2_SEP)) for s in inputs["sequences"]]
+        items = [dict(zip(inputs, row)) for row in zip(*inputs.values())]      # by column name, as /v1
         check_shapes(items, [None] * len(items))
         return items, items
 

@@ -160,12 +160,13 @@ class Card:
 
     def item_columns(self, item) -> list[str]:
         """A served item's sequences in the card's column order, prepared for the trunk (protein: normalised).
-        An item is a dict by column name (/v1), a tuple by position (/v2), or None: a valid stand-in of the
-        card's alphabet (the service's warm-up)."""
-        if item is None:
-            return [WARMUP[self.alphabet]] * len(self.sequence_columns)
+        An item is a dict by column name (what the API validated) or a tuple in column order."""
         seqs = [item[c.name] for c in self.sequence_columns] if isinstance(item, dict) else list(item)
         return [self.prepare(s) for s in seqs]
+
+    def warmup_item(self) -> tuple[str, ...]:
+        """A valid item of this card (the service predicts it once before serving)."""
+        return (WARMUP[self.alphabet],) * len(self.sequence_columns)
 
     def prepare(self, seq: str) -> str:
         return normalise(seq) if self.alphabet == "protein" else seq.strip()
