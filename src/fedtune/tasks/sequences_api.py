@@ -61,18 +61,22 @@ class SequencesResponse(PredictionMeta):
 
 
 # ---- validation against the model's card ------------------------------------------------------------------
-def _shape_problem(seqs: list) -> str | None:
+def _shape_problem(seqs: list, limit: int) -> str | None:
     if not 1 <= len(seqs) <= MAX_SEQUENCE_COLUMNS:
         return f"expected one or two sequences, got {len(seqs)}"
     if not all(isinstance(s, str) and s.strip() for s in seqs):
         return "empty sequence"
+    if any(len(s) > limit for s in seqs):
+        return f"a sequence exceeds the service's limit of {limit} characters"
     return None
 
 
-def check_shapes(items: list, ids: list) -> None:
-    problems = [{"index": i, "id": ids[i], "problem": p} for i, it in enumerate(items)
-                if (p := _shape_problem(list(it.values()) if isinstance(it, dict) else list(it)))]
-    _raise(problems)
+def check_shapes(items: list[dict], ids: list, settings) -> None:
+    """What can be checked before the model is known: one or two non-empty sequences per item, none longer than
+    the service allows any sequence (residues or text characters, whichever limit is larger)."""
+    limit = max(settings.max_length, settings.max_text_length)
+    _raise([{"index": i, "id": ids[i], "problem": p} for i, it in enumerate(items)
+            if (p := _shape_problem(list(it.values()), limit))])
 
 
 def _raise(problems: list[dict]) -> None:
@@ -84,15 +88,14 @@ def _raise(problems: list[dict]) -> None:
         raise ApiError(422, "invalid_sequence", f"{who}{where}: {p['problem']}{more}", problems[:MAX_LISTED_PROBLEMS])
 
 
-def check_items(card: Card, items: list, ids: list) -> None:
+def check_items(card: Card, items: list[dict], ids: list) -> None:
     """422 unless every item has exactly the card's sequence columns, each valid for the card's alphabet."""
     names = [c.name for c in card.sequence_columns]
     problems = []
     for i, item in enumerate(items):
-        given = list(item) if isinstance(item, dict) else None
-        if (given is not None and sorted(given) != sorted(names)) or (given is None and len(item) != len(names)):
-            problems.append({"index": i, "id": ids[i], "problem": f"the model takes the sequence column(s) {names}, "
-                                                                   f"got {given if given is not None else len(item)}"})
+        if sorted(item) != sorted(names):
+            problems.append({"index": i, "id": ids[i],
+                             "problem": f"the model takes the sequence column(s) {names}, got {sorted(item)}"})
             continue
         for name, seq in zip(names, card.item_columns(item)):
             problem = (chain_problem(seq) if card.alphabet == "protein" else
@@ -132,7 +135,7 @@ class SequencesApi(KindApi):
 
     def items(self, body: SequencesRequest, settings) -> list[dict[str, str]]:
         items = [dict(it.sequences) for it in body.items]
-        check_shapes(items, [it.id for it in body.items])
+        check_shapes(items, [it.id for it in body.items], settings)
         return items
 
     def job(self, model, body: SequencesRequest, heads: HeadChoice):
@@ -170,7 +173,7 @@ class SequencesApi(KindApi):
 
     def v2_items(self, inputs, req, settings):
         items = [dict(zip(inputs, row)) for row in zip(*inputs.values())]      # by column name, as /v1
-        check_shapes(items, [None] * len(items))
+        check_shapes(items, [None] * len(items), settings)
         return items, items
 
     def v2_job(self, model, req, params, heads: HeadChoice):
