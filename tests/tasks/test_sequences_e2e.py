@@ -116,6 +116,9 @@ def test_a_text_classification_card_is_served_from_a_local_run(tmp_path, tiny_te
         assert r.status_code == 200, r.text
         tensors = {o["name"]: o for o in r.json()["outputs"]}
         assert tensors["label"]["shape"] == [2] and tensors["probabilities"]["shape"] == [2, 2]
+        for bad in ({"text": "x" * 10_000}, {"text": "ok", "note": "y", "more": "z"}, {"text": "  "}, {"txt": "ok"}):
+            r = httpx.post(f"{url}/v1/sequences/predict", json={"items": [{"sequences": bad}]}, timeout=60)
+            assert r.status_code == 422 and r.json()["code"] == "invalid_sequence", (bad, r.text)
         r = httpx.get(f"{url}/v2/models/sequences", timeout=60)
         assert r.status_code == 200 and [i["name"] for i in r.json()["inputs"]] == ["text"]
 
