@@ -180,6 +180,12 @@ def test_the_card_travels_as_the_job_label_table_and_statistics_pool_from_moment
     classes = synthetic_sequences(30, 0, SYNTHETIC_CLASSES)
     assert TASK.stat_keys(TASK.label_table(classes)) == [] and [m.shape for m in TASK.label_moments(classes)] == [(0,)] * 3
     assert TASK.pool_stats(TASK.label_table(classes), [TASK.label_moments(classes)]).keys == []
+    # what the server checks of a site's moments (fl.aggregate): the card's shapes pass, for both kinds of card
+    from fedtune.fl.aggregate import check_moments
+    for d in (a, classes):
+        keys = TASK.stat_keys(TASK.label_table(d))
+        sent = [m.tolist() for m in TASK.label_moments(d)]
+        assert len(check_moments(sent, len(keys), len(d), 5)[0]) == len(keys)
 
 
 def test_the_site_check_reports_every_bad_row_and_the_loader_agrees(tmp_path):
