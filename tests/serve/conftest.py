@@ -93,3 +93,16 @@ def server(sites_bundle, sentiment_bundle):
 def client(server):
     with httpx.Client(base_url=server.url, timeout=60) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def sequences_bundle(serve_dir, tiny_antibody_trunk) -> Path:
+    """A bundle of the third kind (your own CSV + task card: two protein chains, two regression labels)."""
+    from fedtune.tasks import get
+
+    task = get("sequences")
+    data = task.synthetic(40, 5)
+    torch.manual_seed(5)
+    cfg = TrunkConfig(str(tiny_antibody_trunk), mode="full")
+    model = task.build_model(cfg, task.label_table(data)).eval()
+    return save_bundle(serve_dir / "sequences", model, trunk_cfg=cfg, stats=task.fit_stats(data))

@@ -6,8 +6,19 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from fedtune.serve.kinds import KindApi
+from fedtune.serve.server import BackgroundServer
 from fedtune.tasks import get, kinds
+from serve_helpers import settings
+
+
+@pytest.fixture(scope="module")
+def server(sites_bundle, sentiment_bundle, sequences_bundle):
+    """A service with a bundle of every registered kind."""
+    with BackgroundServer(settings([sites_bundle, sentiment_bundle, sequences_bundle])) as srv:
+        yield srv
 
 
 def test_the_service_and_every_kind_api_import_neither_train_nor_fl():

@@ -25,12 +25,12 @@ def tiny_trunk(kind: str, tiny_antibody_trunk, tiny_text_trunk) -> str:
 
 
 def test_registry_lists_the_kinds_and_refuses_others():
-    assert kinds() == ("fitness", "sentiment")
+    assert kinds() == ("fitness", "sentiment", "sequences")
     for kind in kinds():
         task = get(kind)
         assert isinstance(task, Task) and task.name == kind
         assert get(kind) is task                      # one object per kind
-    with pytest.raises(UnknownKind, match="fitness, sentiment"):
+    with pytest.raises(UnknownKind, match="fitness, sentiment, sequences"):
         get("stability")
     assert issubclass(UnknownKind, ValueError)        # the CLI reports it like any bad argument
 

@@ -86,7 +86,11 @@ def train_local_cmd(
 
     task = get(kind.value)
     mode = (trunk_mode.value if trunk_mode else task.default_mode)
-    trunk_cfg = TrunkConfig(source=trunk or task.default_trunk, mode=mode)
+    try:
+        source = trunk or task.default_trunk_for(task.assays_from(data))
+    except (DataError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    trunk_cfg = TrunkConfig(source=source, mode=mode)
     cfg = task.train_config(mode, epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, seed=seed,
                             device=device)
     try:

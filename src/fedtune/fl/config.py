@@ -58,7 +58,7 @@ class JobConfig:
         `assays` is the kind's label table (e.g. Assay objects); `fields` are the other JobConfig fields."""
         task = get(kind)
         mode = mode or task.default_mode
-        trunk_cfg = {"source": trunk or task.default_trunk, "mode": mode}
+        trunk_cfg = {"source": trunk or task.default_trunk_for(assays or []), "mode": mode}
         if max_length:
             trunk_cfg["max_length"] = max_length
         train = task.train_config(mode, lr=lr, batch_size=batch_size, seed=seed, progress=False)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 _MODULES = {           # kind -> module under fedtune.tasks, in the order the CLI and the demo list them
     "fitness": "fitness",
     "sentiment": "sentiment",
+    "sequences": "sequences",
 }
 
 

@@ -103,6 +103,11 @@ class Task(ABC):
         empty for a kind without one."""
         return []
 
+    def default_trunk_for(self, table) -> str:
+        """The trunk a job or run with this label table uses when none is given (e.g. a text card's text
+        trunk); `default_trunk` unless the kind's table says otherwise."""
+        return self.default_trunk
+
     def label_table(self, data) -> list | None:
         """The label table of loaded data (what `build_model` needs), or None for a kind without one."""
         return None
