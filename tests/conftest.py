@@ -16,6 +16,8 @@ import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+pytest_plugins = ["prebuild"]      # container images built in the background (tests/prebuild.py)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FEDTUNE_SHARED_DATA", REPO.parent / "shared" / "data"))
 

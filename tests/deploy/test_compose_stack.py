@@ -77,7 +77,7 @@ def readme_commands() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def user_env():
+def user_env(prebuilt_images):
     """A user's shell on this machine: no engine variables, no FEDTUNE_* settings, a project of our own."""
     missing = [t for t in ("docker", "dockerd", "debootstrap") if not shutil.which(t)]
     if missing or os.geteuid() != 0:

@@ -53,7 +53,7 @@ def host_address() -> str:
 
 
 @pytest.fixture(scope="module")
-def engine() -> dict:
+def engine(prebuilt_images) -> dict:
     missing = [t for t in ("docker", "dockerd", "debootstrap") if not shutil.which(t)]
     if missing or os.geteuid() != 0:
         unavailable(f"the Docker engine cannot be started here (missing: {missing or 'root'})")
