@@ -83,3 +83,17 @@ def test_compare_over_two_seeds(tmp_path, tiny_text_trunk):
         assert overall["summary"][run]["accuracy"]["mean"] == pytest.approx(np.mean(means))
         assert overall["summary"][run]["accuracy"]["seeds"] == 2
     assert "over 2 split seeds (0, 1)" in (out / "report.md").read_text()
+
+
+def test_global_and_local_round_curves_from_a_summary():
+    from fedtune.compare import global_curves, local_round_curves
+
+    summary = {"rounds": [{"sites": {"a": {"accuracy": 0.6, "received": {"accuracy": 0.3}},
+                                     "b": {"accuracy": 0.7, "received": {"accuracy": 0.3}}}},
+                          {"sites": {"a": {"accuracy": 0.8, "received": {"accuracy": 0.65}}}},   # b missed round 2
+                          {"sites": {"a": {"accuracy": 0.9, "received": {"accuracy": 0.75}},
+                                     "b": {"accuracy": 0.85, "received": {"accuracy": 0.7}}}}],
+               "sites": {"a": {"final_val": {"accuracy": 0.8}}, "b": {"final_val": {"accuracy": 0.72}}}}
+    # the global model after round r is what round r + 1 received; after the last round, the final phase's score
+    assert global_curves(summary, "accuracy") == {"a": [0.65, 0.75, 0.8], "b": [None, 0.7, 0.72]}
+    assert local_round_curves(summary, "accuracy") == {"a": [0.6, 0.8, 0.9], "b": [0.7, None, 0.85]}

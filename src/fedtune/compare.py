@@ -92,6 +92,24 @@ def run_pooled(kind: str, sites: dict, trunk_cfg: TrunkConfig, cfg: TrainConfig,
 
 
 # ---- the whole comparison ----------------------------------------------------------------------------------
+def global_curves(summary: dict, key: str) -> dict[str, list]:
+    """{site: [the global model's validation `key` on that site after round 1, 2, ..., R]} from a job summary:
+    the model each site received at the start of round r + 1 (`received`) is the global model after round r,
+    and the final phase scores the one after round R (`final_val`). None where a site did not answer."""
+    rounds = summary.get("rounds", [])
+    out = {}
+    for site, final in summary.get("sites", {}).items():
+        ys = [(r.get("sites", {}).get(site) or {}).get("received", {}).get(key) for r in rounds[1:]]
+        out[site] = ys + [(final.get("final_val") or {}).get(key)]
+    return out
+
+
+def local_round_curves(summary: dict, key: str) -> dict[str, list]:
+    """{site: [validation `key` of the site's own model after its local epochs of round 1, ..., R]}."""
+    return {site: [(r.get("sites", {}).get(site) or {}).get(key) for r in summary.get("rounds", [])]
+            for site in summary.get("sites", {})}
+
+
 def federated_run(fed, job, out: Path | None = None) -> dict:
     """Run `job` on the live federation `fed`; returns its final per-site metrics, per-round curve, costs and
     the result folder (TensorBoard scalars per site and round under `<out>/tb/<job.name>/`)."""
@@ -102,16 +120,18 @@ def federated_run(fed, job, out: Path | None = None) -> dict:
     result = fed.run(job)
     summary = json.loads((find_fedtune_dir(result) / "summary.json").read_text())
     key = get(job.kind).key_metric
-    curves = {site: [r["sites"].get(site, {}).get(key) for r in summary["rounds"]] for site in summary["sites"]}
+    curves, local_curves = global_curves(summary, key), local_round_curves(summary, key)
     if out is not None:
-        for site, ys in curves.items():
+        for site in curves:
             writer = _writer(out, job.name, site)
-            for rnd, y in enumerate(ys, 1):
-                if y is not None:
-                    writer.add_scalar(f"val/{key}", y, rnd)
+            for tag, ys in ((f"val/{key}", curves[site]), (f"val_after_local/{key}", local_curves.get(site, []))):
+                for rnd, y in enumerate(ys, 1):
+                    if y is not None:
+                        writer.add_scalar(tag, y, rnd)
             writer.close()
     return {"metrics": {s: v["final_test"] for s, v in summary["sites"].items() if v.get("final_test")},
             "val": {s: v["final_val"] for s, v in summary["sites"].items()}, "curve": curves,
+            "local_curve": local_curves,
             "costs": {"bytes_per_round": summary.get("bytes_per_round"),
                       "seconds_per_round": summary.get("seconds_per_round")},
             "result": str(result), "missing": summary.get("missing", {})}
@@ -151,6 +171,7 @@ def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: b
         results["runs"][job.name] = run["metrics"]
         results["val_runs"][job.name] = run["val"]
         results["curves"][job.name] = run["curve"]
+        results.setdefault("local_curves", {})[job.name] = run["local_curve"]
         results["costs"][job.name] = run["costs"]
         results["results"][job.name] = run["result"]
         if run["missing"]:

@@ -5,7 +5,8 @@ Input is one dict (what `fedtune compare` collects):
     {"kind": <a task kind>,
      "sites": ["site-1", ...],
      "runs": {"local": {site: metrics}, "fedavg": {site: metrics}, "pooled": {site: metrics}, ...},
-     "curves": {run: {site: [key metric after round 1, 2, ...]}},        (optional)
+     "curves": {run: {site: [the global model's validation key metric on that site after round 1, 2, ...]}},
+     "local_curves": {run: {site: [the site's own model after its local epochs of round 1, 2, ...]}},  (optional)
      "costs": {run: {"bytes_per_round": int, "seconds_per_round": float}}, (optional)
      "notes": [str, ...]}                                                 (optional)
 
@@ -124,7 +125,12 @@ def plot(results: dict, out: Path) -> list[str]:
             mean = [mean_or_none(ys[i] if i < len(ys) else None for ys in per_site.values()) for i in range(rounds)]
             pts = [(i + 1, y) for i, y in enumerate(mean) if y is not None]
             if pts:
-                ax.plot(*zip(*pts), color="black", lw=2.5, label="mean over sites")
+                ax.plot(*zip(*pts), color="black", lw=2.5, label="global model, mean over sites")
+            local = (results.get("local_curves") or {}).get(run) or {}
+            lmean = [mean_or_none(ys[i] if i < len(ys) else None for ys in local.values()) for i in range(rounds)]
+            pts = [(i + 1, y) for i, y in enumerate(lmean) if y is not None]
+            if pts:
+                ax.plot(*zip(*pts), color="grey", lw=1.5, ls="--", label="after local epochs, mean over sites")
             ax.set_xticks(range(1, rounds + 1))
             ax.set_xlabel("round")
             ax.set_title(_title(run))

@@ -28,3 +28,30 @@ def test_summary_carries_each_sites_final_test_with_n_and_interval(federation, m
         ci = boot["ci"]["accuracy"]
         assert 0.0 <= ci["lo"] <= ci["hi"] <= 1.0
         assert "replicates" not in boot            # the reply carries n and intervals, no per-row data
+
+
+def test_the_per_round_curve_is_the_global_model_on_each_sites_validation_split(federation, make_job,
+                                                                                 tiny_text_trunk):
+    """Round r + 1 starts by scoring the model each site received, the global model after round r; that is the
+    curve compare and the report show. Checked against the server's own checkpoint of round 1."""
+    from safetensors.torch import load_file
+
+    from fedtune.compare import global_curves, local_round_curves
+    from fedtune.fl.config import JobConfig
+    from fedtune.train import Trainer
+
+    result = federation.run(make_job("sentiment", tiny_text_trunk, name="sent-curve", rounds=2), timeout=600)
+    fed_dir = find_fedtune_dir(result)
+    summary = json.loads((fed_dir / "summary.json").read_text())
+    job = JobConfig.from_dict(json.loads((fed_dir / "job.json").read_text()))
+    task = get("sentiment")
+    model = task.build_model(job.trunk_config())
+    model.load_state_dict(load_file(str(fed_dir / "checkpoints" / "round-1.safetensors")))
+    trainer = Trainer(model, job.train_config(), None)
+    curves, local = global_curves(summary, "accuracy"), local_round_curves(summary, "accuracy")
+    for site, folder in federation.site_data.items():
+        val = task.load_split(folder, seed=job.seed, val_fraction=job.val_fraction, test_fraction=TEST_FRACTION).val
+        expected = trainer.evaluate(val)["accuracy"]
+        assert summary["rounds"][1]["sites"][site]["received"]["accuracy"] == pytest.approx(expected, abs=1e-6)
+        assert curves[site] == [pytest.approx(expected, abs=1e-6), summary["sites"][site]["final_val"]["accuracy"]]
+        assert local[site] == [summary["rounds"][r]["sites"][site]["accuracy"] for r in (0, 1)]

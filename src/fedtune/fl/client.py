@@ -128,13 +128,16 @@ class SiteRunner:
     def train_round(self, params: dict, meta: dict, keys: list[str] | None = None) -> tuple[dict, dict, dict]:
         trainer = self._trainer(meta)
         self._load(params, keys)
+        # the model as received (the global model after the previous round; with private heads, this site's
+        # own heads on the global trunk), on this site's validation split: the global model's per-round curve
+        received = trainer.evaluate(self.val)
         start = trainer.step
         history = trainer.fit(self.train, self.val, epochs=self.job.local_epochs)
         steps = trainer.step - start    # optimiser steps this round (epochs run x batches), NVFlare's meaning
         final = trainer.evaluate(self.val)
         state = self.model.state_dict()
         out = {k: state[k].detach().cpu() for k in self.keys}
-        summary = {**flat_metrics(final), "epochs": len(history)}
+        summary = {**flat_metrics(final), "epochs": len(history), "received": flat_metrics(received)}
         if self.dist.is_main:
             log.info("%s round %s: %s", self.site, meta.get("round"), summary)
             if os.environ.get("FEDTUNE_SAVE_UPDATES", "") not in ("", "0"):

@@ -216,8 +216,8 @@ class Task(ABC):
 
     @property
     def curve_label(self) -> str:
-        """Y label of the per-round curves (they show `key_metric`)."""
-        return f"validation {self.key_metric_label}"
+        """Y label of the per-round curves (the global model's `key_metric` after each round)."""
+        return f"global model: validation {self.key_metric_label}"
 
     # ---- demo ------------------------------------------------------------------------------------------
     def show_predictions(self, post, url: str, card: dict) -> dict:
