@@ -77,6 +77,16 @@ def test_compare_over_two_seeds(tmp_path, tiny_text_trunk):
             assert per_seed[s]["splits"][site]["seed"] == s
             for run in ("local", "fedavg", "pooled"):
                 assert per_seed[s]["runs"][run][site]["bootstrap"]["n"] == len(per_seed[s]["splits"][site]["test"]["units"])
+    # the cross-site matrix: each site's final model on every site's test split; its diagonal is the score the
+    # site itself reported (local: in process; FedAvg: scored at the site in the final phase)
+    for s, results in per_seed.items():
+        for run in ("local", "fedavg"):
+            m = results["cross_site"][run]
+            assert set(m) == {"site-1", "site-2"} and all(set(row) == {"site-1", "site-2"} for row in m.values())
+            for site in ("site-1", "site-2"):
+                assert m[site][site] == pytest.approx(results["runs"][run][site]["accuracy"], abs=1e-6)
+        assert (out / f"seed-{s}" / "cross_site.png").stat().st_size > 0
+        assert "## Cross-site" in (out / f"seed-{s}" / "report.md").read_text()
     overall = json.loads((out / "results.json").read_text())
     for run in ("local", "fedavg", "pooled"):
         means = [np.mean([per_seed[s]["runs"][run][site]["accuracy"] for site in ("site-1", "site-2")]) for s in (0, 1)]
@@ -97,3 +107,14 @@ def test_global_and_local_round_curves_from_a_summary():
     # the global model after round r is what round r + 1 received; after the last round, the final phase's score
     assert global_curves(summary, "accuracy") == {"a": [0.65, 0.75, 0.8], "b": [None, 0.7, 0.72]}
     assert local_round_curves(summary, "accuracy") == {"a": [0.6, 0.8, 0.9], "b": [0.7, None, 0.85]}
+
+
+def test_cross_site_section_and_heatmap(tmp_path):
+    from fedtune.report import write_report
+
+    results = _results({"local": [0.5, 0.7], "fedavg": [0.8, 0.9]})
+    results["cross_site"] = {"local": {"site-1": {"site-1": 0.5, "site-2": 0.25}, "site-2": {"site-1": 0.4, "site-2": 0.7}},
+                             "fedavg": {"site-1": {"site-1": 0.8, "site-2": None}}}
+    report = write_report(results, tmp_path).read_text()
+    assert "## Cross-site" in report and "| site-1 | 0.500 | 0.250 |" in report and "| site-1 | 0.800 | – |" in report
+    assert "![cross_site.png](cross_site.png)" in report and (tmp_path / "cross_site.png").stat().st_size > 0

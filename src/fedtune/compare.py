@@ -66,18 +66,46 @@ def train_and_evaluate(kind: str, train, vals: dict, trunk_cfg: TrunkConfig, cfg
     return model, stats, val_metrics, test_metrics
 
 
+def cross_site_row(model, stats, cfg: TrainConfig, sites: dict) -> dict:
+    """One model's key metric on every site's test split ({test site: value}): a row of the cross-site matrix."""
+    trainer = Trainer(model, cfg, stats)
+    key = trainer.task.key_metric
+    return {site: trainer.evaluate(split.test).get(key) for site, split in sites.items() if len(split.test)}
+
+
 def run_local(kind: str, sites: dict, trunk_cfg: TrunkConfig, cfg: TrainConfig, out: Path | None = None) -> dict:
-    """Each site alone (`sites`: {site: Split}), early stopping on its validation split, scored on its test split.
-    Returns {"val": {site: metrics}, "test": {site: metrics}}."""
-    results = {"val": {}, "test": {}}
+    """Each site alone (`sites`: {site: Split}), early stopping on its validation split, scored on its test split
+    and, for the cross-site matrix, on every other site's. Returns {"val": {site: metrics}, "test": {site:
+    metrics}, "cross_site": {model site: {test site: key metric}}}."""
+    results = {"val": {}, "test": {}, "cross_site": {}}
     for site, split in sites.items():
         log.info("local: training %s alone (%d samples)", site, len(split.train))
-        _, _, val, test = train_and_evaluate(kind, split.train, {site: split.val}, trunk_cfg, cfg,
-                                             _writer(out, "local", site), tests={site: split.test})
+        model, stats, val, test = train_and_evaluate(kind, split.train, {site: split.val}, trunk_cfg, cfg,
+                                                     _writer(out, "local", site), tests={site: split.test})
         results["val"][site] = val[site]
         if site in test:
             results["test"][site] = test[site]
+        results["cross_site"][site] = cross_site_row(model, stats, cfg, sites)
     return results
+
+
+def federated_cross_site(fed, job, job_id: str, summary: dict, sites: dict) -> dict:
+    """Each site's final model of a federated job (the global trunk with, for private heads, the site's own
+    heads; kept on site under its kit's fedtune-runs/) on every site's test split. This runs where compare runs
+    the whole federation on one machine; across organisations it would be NVFlare's cross-site evaluation."""
+    from safetensors.torch import load_file
+
+    task = get(job.kind)
+    stats = task.stats_from_dict(summary.get("stats")) if task.needs_stats else None
+    rows = {}
+    for site in summary.get("sites", {}):
+        found = list(fed.workdir.rglob(f"fedtune-runs/{job_id}/{site}/final_model.safetensors"))
+        if not found:
+            continue
+        model = task.build_model(job.trunk_config(), job.assay_list() or None)
+        model.load_state_dict(load_file(str(found[0])))
+        rows[site] = cross_site_row(model, stats, job.train_config(), sites)
+    return rows
 
 
 def run_pooled(kind: str, sites: dict, trunk_cfg: TrunkConfig, cfg: TrainConfig, out: Path | None = None) -> dict:
@@ -110,14 +138,16 @@ def local_round_curves(summary: dict, key: str) -> dict[str, list]:
             for site in summary.get("sites", {})}
 
 
-def federated_run(fed, job, out: Path | None = None) -> dict:
-    """Run `job` on the live federation `fed`; returns its final per-site metrics, per-round curve, costs and
-    the result folder (TensorBoard scalars per site and round under `<out>/tb/<job.name>/`)."""
+def federated_run(fed, job, out: Path | None = None, sites: dict | None = None) -> dict:
+    """Run `job` on the live federation `fed`; returns its final per-site metrics, per-round curve, costs, the
+    result folder (TensorBoard scalars per site and round under `<out>/tb/<job.name>/`) and, given the sites'
+    splits, the cross-site matrix of the sites' final models."""
     import json
 
     from .fl.submit import find_fedtune_dir
 
-    result = fed.run(job)
+    job_ids: list[str] = []
+    result = fed.run(job, on_submit=job_ids.append)
     summary = json.loads((find_fedtune_dir(result) / "summary.json").read_text())
     key = get(job.kind).key_metric
     curves, local_curves = global_curves(summary, key), local_round_curves(summary, key)
@@ -134,7 +164,8 @@ def federated_run(fed, job, out: Path | None = None) -> dict:
             "local_curve": local_curves,
             "costs": {"bytes_per_round": summary.get("bytes_per_round"),
                       "seconds_per_round": summary.get("seconds_per_round")},
-            "result": str(result), "missing": summary.get("missing", {})}
+            "result": str(result), "missing": summary.get("missing", {}),
+            "cross_site": federated_cross_site(fed, job, job_ids[0], summary, sites) if sites and job_ids else {}}
 
 
 def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: bool = True) -> dict:
@@ -165,15 +196,18 @@ def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: b
         results["splits"] = {site: split.record() for site, split in sites.items()}   # which rows were scored
         local = run_local(kind, sites, trunk_cfg, cfg, out)
         results["runs"]["local"], results["val_runs"]["local"] = local["test"], local["val"]
+        results["cross_site"] = {"local": local["cross_site"]}
     for job in jobs:
         log.info("federated: job %s", job.name)
-        run = federated_run(fed, job, out)
+        run = federated_run(fed, job, out, sites if baselines else None)
         results["runs"][job.name] = run["metrics"]
         results["val_runs"][job.name] = run["val"]
         results["curves"][job.name] = run["curve"]
         results.setdefault("local_curves", {})[job.name] = run["local_curve"]
         results["costs"][job.name] = run["costs"]
         results["results"][job.name] = run["result"]
+        if run["cross_site"]:
+            results.setdefault("cross_site", {})[job.name] = run["cross_site"]
         if run["missing"]:
             results["notes"].append(f"{job.name}: sites missing in some rounds: {run['missing']}")
     if baselines:

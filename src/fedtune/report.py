@@ -7,6 +7,7 @@ Input is one dict (what `fedtune compare` collects):
      "runs": {"local": {site: metrics}, "fedavg": {site: metrics}, "pooled": {site: metrics}, ...},
      "curves": {run: {site: [the global model's validation key metric on that site after round 1, 2, ...]}},
      "local_curves": {run: {site: [the site's own model after its local epochs of round 1, 2, ...]}},  (optional)
+     "cross_site": {run: {model site: {test site: key metric}}},          (optional)
      "costs": {run: {"bytes_per_round": int, "seconds_per_round": float}}, (optional)
      "notes": [str, ...]}                                                 (optional)
 
@@ -70,6 +71,55 @@ def interval_table(results: dict) -> list[str]:
              "| run | site | n | " + " | ".join(paths) + " |", "|---|---|---|" + "---|" * len(paths)] + rows)
 
 
+def cross_site_tables(results: dict) -> list[str]:
+    """Markdown lines: per run, each site's final model (rows) on every site's test split (columns)."""
+    matrices = {run: m for run, m in (results.get("cross_site") or {}).items() if m}
+    if not matrices:
+        return []
+    task = get(results["kind"])
+    sites = results["sites"]
+    lines = ["", f"## Cross-site: each site's final model (row) on every site's test split (column), test "
+                 f"{task.key_metric_label}", ""]
+    for run, m in matrices.items():
+        lines += [f"**{_title(run)}**", "", "| model of | " + " | ".join(sites) + " |",
+                  "|---|" + "---|" * len(sites)]
+        for row in sites:
+            if row in m:
+                lines.append(f"| {row} | " + " | ".join(fmt(m[row].get(col)) for col in sites) + " |")
+        lines.append("")
+    return lines
+
+
+def plot_cross_site(results: dict, out: Path, plt) -> list[str]:
+    matrices = {run: m for run, m in (results.get("cross_site") or {}).items() if m}
+    if not matrices:
+        return []
+    import numpy as np
+
+    sites = results["sites"]
+    task = get(results["kind"])
+    fig, axes = plt.subplots(1, len(matrices), figsize=(3.2 * len(matrices) + 1.5, 3.4), squeeze=False)
+    for ax, (run, m) in zip(axes[0], matrices.items()):
+        grid = np.array([[np.nan if (v := m.get(r, {}).get(c)) is None else v for c in sites] for r in sites])
+        im = ax.imshow(grid, cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0,
+                       vmax=np.nanmax(grid) if np.isfinite(grid).any() else 1)
+        for i in range(len(sites)):
+            for j in range(len(sites)):
+                if np.isfinite(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="white", fontsize=8)
+        ax.set_xticks(range(len(sites)), sites, rotation=30, fontsize=8)
+        ax.set_yticks(range(len(sites)), sites, fontsize=8)
+        ax.set_xlabel("test split of")
+        ax.set_title(_title(run))
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    axes[0][0].set_ylabel("final model of")
+    fig.suptitle(f"Cross-site test {task.key_metric_label}")
+    fig.tight_layout()
+    fig.savefig(out / "cross_site.png", dpi=120)
+    plt.close(fig)
+    return ["cross_site.png"]
+
+
 def markdown(results: dict, plots: list[str]) -> str:
     kind, runs = results["kind"], list(results["runs"])
     summ = summary(results)
@@ -79,6 +129,7 @@ def markdown(results: dict, plots: list[str]) -> str:
     lines.append("")
     lines += get(kind).report_tables(results, runs, [_title(r) for r in runs], summ)
     lines += interval_table(results)
+    lines += cross_site_tables(results)
     costs = results.get("costs") or {}
     if costs:
         lines += ["", "## Communication and time", "", "| run | bytes sent per site per round | seconds per round |",
@@ -142,7 +193,7 @@ def plot(results: dict, out: Path) -> list[str]:
         fig.savefig(out / "rounds.png", dpi=120)
         plt.close(fig)
         names.append("rounds.png")
-    return names
+    return names + plot_cross_site(results, out, plt)
 
 
 # ---- over split seeds (`fedtune compare --seeds 0,1,2`) ------------------------------------------------------
