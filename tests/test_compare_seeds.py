@@ -61,12 +61,12 @@ def test_compare_over_two_seeds(tmp_path, tiny_text_trunk):
     out = tmp_path / "report"
     proc = subprocess.run([*FEDTUNE, "compare", "sentiment", "--data", str(tmp_path / "data"), "--out", str(out),
                            "--trunk", str(tiny_text_trunk), "--trunk-mode", "frozen", "--rounds", "1",
-                           "--local-epochs", "1", "--max-length", "32", "--seeds", "0,1"],
+                           "--local-epochs", "1", "--max-length", "32", "--seeds", "0,1", "--personalise", "2"],
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     per_seed = {s: json.loads((out / f"seed-{s}" / "results.json").read_text()) for s in (0, 1)}
     for s, results in per_seed.items():
-        assert list(results["runs"]) == ["local", "fedavg", "pooled"]
+        assert list(results["runs"]) == ["local", "fedavg", "fedavg-personalised", "pooled"]
         assert f"(seed {s})" in results["notes"][0]
         assert (out / f"seed-{s}" / "report.md").exists()
     # a seed re-splits the sites: other sentences are held out for test, and every run scored them
@@ -75,12 +75,12 @@ def test_compare_over_two_seeds(tmp_path, tiny_text_trunk):
         assert tests[0]["units"] != tests[1]["units"]
         for s in (0, 1):
             assert per_seed[s]["splits"][site]["seed"] == s
-            for run in ("local", "fedavg", "pooled"):
+            for run in ("local", "fedavg", "fedavg-personalised", "pooled"):
                 assert per_seed[s]["runs"][run][site]["bootstrap"]["n"] == len(per_seed[s]["splits"][site]["test"]["units"])
     # the cross-site matrix: each site's final model on every site's test split; its diagonal is the score the
     # site itself reported (local: in process; FedAvg: scored at the site in the final phase)
     for s, results in per_seed.items():
-        for run in ("local", "fedavg"):
+        for run in ("local", "fedavg", "fedavg-personalised"):
             m = results["cross_site"][run]
             assert set(m) == {"site-1", "site-2"} and all(set(row) == {"site-1", "site-2"} for row in m.values())
             for site in ("site-1", "site-2"):
@@ -88,7 +88,8 @@ def test_compare_over_two_seeds(tmp_path, tiny_text_trunk):
         assert (out / f"seed-{s}" / "cross_site.png").stat().st_size > 0
         assert "## Cross-site" in (out / f"seed-{s}" / "report.md").read_text()
     overall = json.loads((out / "results.json").read_text())
-    for run in ("local", "fedavg", "pooled"):
+    assert "FedAvg personalised" in (out / "seed-0" / "report.md").read_text()
+    for run in ("local", "fedavg", "fedavg-personalised", "pooled"):
         means = [np.mean([per_seed[s]["runs"][run][site]["accuracy"] for site in ("site-1", "site-2")]) for s in (0, 1)]
         assert overall["summary"][run]["accuracy"]["mean"] == pytest.approx(np.mean(means))
         assert overall["summary"][run]["accuracy"]["seeds"] == 2

@@ -89,7 +89,8 @@ def run_local(kind: str, sites: dict, trunk_cfg: TrunkConfig, cfg: TrainConfig, 
     return results
 
 
-def federated_cross_site(fed, job, job_id: str, summary: dict, sites: dict) -> dict:
+def federated_cross_site(fed, job, job_id: str, summary: dict, sites: dict,
+                         filename: str = "final_model.safetensors") -> dict:
     """Each site's final model of a federated job (the global trunk with, for private heads, the site's own
     heads; kept on site under its kit's fedtune-runs/) on every site's test split. This runs where compare runs
     the whole federation on one machine; across organisations it would be NVFlare's cross-site evaluation."""
@@ -99,7 +100,7 @@ def federated_cross_site(fed, job, job_id: str, summary: dict, sites: dict) -> d
     stats = task.stats_from_dict(summary.get("stats")) if task.needs_stats else None
     rows = {}
     for site in summary.get("sites", {}):
-        found = list(fed.workdir.rglob(f"fedtune-runs/{job_id}/{site}/final_model.safetensors"))
+        found = list(fed.workdir.rglob(f"fedtune-runs/{job_id}/{site}/{filename}"))
         if not found:
             continue
         model = task.build_model(job.trunk_config(), job.assay_list() or None)
@@ -165,7 +166,13 @@ def federated_run(fed, job, out: Path | None = None, sites: dict | None = None) 
             "costs": {"bytes_per_round": summary.get("bytes_per_round"),
                       "seconds_per_round": summary.get("seconds_per_round")},
             "result": str(result), "missing": summary.get("missing", {}),
-            "cross_site": federated_cross_site(fed, job, job_ids[0], summary, sites) if sites and job_ids else {}}
+            "cross_site": federated_cross_site(fed, job, job_ids[0], summary, sites) if sites and job_ids else {},
+            # personalised heads (job.personal_epochs): each site's fine-tuned copy, scored on its test split once
+            "personal": {s: v["personal_test"] for s, v in summary["sites"].items() if v.get("personal_test")},
+            "personal_val": {s: v["personal_val"] for s, v in summary["sites"].items() if v.get("personal_val")},
+            "personal_cross_site": (federated_cross_site(fed, job, job_ids[0], summary, sites,
+                                                         "personal_model.safetensors")
+                                    if sites and job_ids and job.personal_epochs else {})}
 
 
 def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: bool = True) -> dict:
@@ -208,6 +215,11 @@ def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: b
         results["results"][job.name] = run["result"]
         if run["cross_site"]:
             results.setdefault("cross_site", {})[job.name] = run["cross_site"]
+        if run["personal"]:
+            name = f"{job.name}-personalised"
+            results["runs"][name], results["val_runs"][name] = run["personal"], run["personal_val"]
+            if run["personal_cross_site"]:
+                results.setdefault("cross_site", {})[name] = run["personal_cross_site"]
         if run["missing"]:
             results["notes"].append(f"{job.name}: sites missing in some rounds: {run['missing']}")
     if baselines:

@@ -55,3 +55,49 @@ def test_the_per_round_curve_is_the_global_model_on_each_sites_validation_split(
         assert summary["rounds"][1]["sites"][site]["received"]["accuracy"] == pytest.approx(expected, abs=1e-6)
         assert curves[site] == [pytest.approx(expected, abs=1e-6), summary["sites"][site]["final_val"]["accuracy"]]
         assert local[site] == [summary["rounds"][r]["sites"][site]["accuracy"] for r in (0, 1)]
+
+
+def test_personalised_heads_are_scored_exported_and_served_per_site(federation, make_job, tiny_text_trunk,
+                                                                    tmp_path):
+    """personal_epochs: after the rounds each site fine-tunes a copy of the final heads on its own data; the summary
+    carries their validation and test scores, the bundle holds the global heads plus every site's personalised
+    heads, and `site` serves them (their predictions reproduce the site's own validation score)."""
+    import httpx
+
+    from fedtune.bundle import load_bundle
+    from fedtune.data.fpb import SENTIMENT_LABELS
+    from fedtune.fl.export import export_bundle
+    from fedtune.serve.server import BackgroundServer
+    from fedtune.serve.settings import ServeSettings
+    from fedtune.train.metrics import classification_metrics
+
+    job = make_job("sentiment", tiny_text_trunk, name="sent-personal", rounds=1, personal_epochs=3)
+    result = federation.run(job, timeout=600)
+    summary = json.loads((find_fedtune_dir(result) / "summary.json").read_text())
+    bundle_dir = export_bundle(result, tmp_path / "bundle")
+    bundle = load_bundle(bundle_dir)
+    assert sorted(bundle.head_sets) == sorted(["global", *federation.site_data])
+    task = get("sentiment")
+    for site, folder in federation.site_data.items():
+        s = summary["sites"][site]
+        assert 0.0 <= s["personal_test"]["accuracy"] <= 1.0 and s["personal_test"]["bootstrap"]["n"] > 0
+        val = task.load_split(folder, seed=job.seed, val_fraction=job.val_fraction, test_fraction=TEST_FRACTION).val
+        got = classification_metrics(bundle.predict(val.texts, site), val.labels, SENTIMENT_LABELS)
+        assert got["accuracy"] == pytest.approx(s["personal_val"]["accuracy"], abs=1e-6)
+        glob = classification_metrics(bundle.predict(val.texts), val.labels, SENTIMENT_LABELS)
+        assert glob["accuracy"] == pytest.approx(s["final_val"]["accuracy"], abs=1e-6)
+    site = sorted(federation.site_data)[0]
+    texts = ["Operating profit rose sharply.", "Sales fell by half."]
+    settings = ServeSettings(bundles=[str(bundle_dir)], device="cpu", api_key=None)
+    with BackgroundServer(settings) as srv:
+        resp = httpx.post(f"{srv.url}/v1/sentiment/predict", json={"texts": texts, "site": site}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["heads"] == "site" and resp.json()["head_sets"] == [site]
+    expected = bundle.predict(texts, site)
+    for p, row in zip(resp.json()["predictions"], expected):
+        assert [p["probabilities"][lab] for lab in SENTIMENT_LABELS] == pytest.approx(row.tolist(), abs=1e-5)
+
+
+def test_personal_epochs_must_be_a_non_negative_integer(make_job, tiny_text_trunk):
+    with pytest.raises(ValueError, match="personal_epochs"):
+        make_job("sentiment", tiny_text_trunk, personal_epochs=-1)

@@ -28,6 +28,10 @@ def compare_cmd(
     lr: Annotated[Optional[float], typer.Option(help="trunk learning rate")] = None,
     batch_size: Annotated[Optional[int], typer.Option()] = None,
     max_length: Annotated[Optional[int], typer.Option(help="tokens per chain / sentence")] = None,
+    personalise: Annotated[int, typer.Option(
+        help="after the federated rounds, each site fine-tunes a copy of the final heads on its own data for up to "
+             "this many epochs (trunk frozen, early stopping on its validation split): an extra run in the "
+             "report; 0: off")] = 0,
     seed: Annotated[int, typer.Option(help="split and training seed")] = 0,
     seeds: Annotated[Optional[str], typer.Option(
         help="several split seeds, e.g. 0,1,2: each re-splits every site and reruns every run (OUT/seed-<s>/), "
@@ -67,7 +71,7 @@ def compare_cmd(
                     jobs.append(JobConfig.create(kind.value, trunk=trunk, mode=mode, max_length=max_length,
                                                  assays=assays, seed=s, lr=lr, batch_size=batch_size, name=name,
                                                  rounds=rounds, local_epochs=local_epochs, heads=h,
-                                                 min_sites=len(sites)))
+                                                 min_sites=len(sites), personal_epochs=personalise))
                 except ValueError as exc:
                     fail(str(exc))
         return jobs

@@ -143,6 +143,9 @@ def submit(
     publish_heads: Annotated[bool, typer.Option(help="private heads: each site sends its final heads once at "
                                                      "the end so the bundle can serve per-site predictions; "
                                                      "--no-publish-heads keeps them on site")] = True,
+    personal_epochs: Annotated[int, typer.Option(help="after the rounds, each site fine-tunes a copy of the final "
+                                                     "heads on its own data for up to this many epochs (trunk "
+                                                     "frozen); the bundle serves them per site. 0: off")] = 0,
     trunk: Annotated[Optional[str], typer.Option(help="antiberty | minilm | a local HF encoder folder that "
                                                       "exists at the same path on server and sites")] = None,
     trunk_mode: Annotated[Optional[Mode], typer.Option(help="frozen | full | lora | ptuning")] = None,
@@ -186,7 +189,8 @@ def submit(
         job = JobConfig.create(kind.value, trunk=trunk, mode=trunk_mode.value if trunk_mode else None,
                                assays=assays, seed=seed, lr=lr, batch_size=batch_size,
                                name=name or f"fedtune-{kind.value}", rounds=rounds, local_epochs=local_epochs,
-                               heads=heads, publish_heads=publish_heads, min_sites=min_sites, grace=grace,
+                               heads=heads, publish_heads=publish_heads, personal_epochs=personal_epochs,
+                               min_sites=min_sites, grace=grace,
                                round_timeout=round_timeout, aggregator=aggregator, trim=trim,
                                min_stat_count=min_stat_count, keep_checkpoints=keep_checkpoints)
         job_dir = build_job_from(job, out / "jobs", init_from)    # refuses an unsafe name before it touches the disk

@@ -182,8 +182,43 @@ class SiteRunner:
             scored = {"n_test": len(self.test),
                       "final_test": score_test(trainer, self.test, self.task.interval_paths(),
                                                seed=self.job.seed, replicates=False)}
+        if self.job.personal_epochs and self.dist.is_main:
+            personal = self.personalise(meta)
+            scored.update(personal)
+            if self.job.publish_heads:     # the personalised heads replace what this site publishes
+                out = {PUBLISHED + k: v.detach().cpu() for k, v in self.model.state_dict().items()
+                       if k.startswith("heads.")}
         return out, flat_metrics(final), {**self.task.count_rows(self.train), "n_val": len(self.val),
                                           "final_val": final, **scored}
+
+    def personalise(self, meta: dict) -> dict:
+        """Fine-tune this site's copy of the final heads on its own training rows (trunk frozen; early stopping
+        on its validation split, the best epoch restored), then score validation and, once, test. The model
+        keeps the personalised heads (kept on site as personal_model.safetensors)."""
+        from dataclasses import replace
+
+        from safetensors.torch import save_file
+
+        from ..train import Trainer
+
+        trunk = [p for p in self.model.trunk.parameters() if p.requires_grad]
+        for p in trunk:
+            p.requires_grad_(False)
+        try:
+            cfg = replace(self.job.train_config(), epochs=self.job.personal_epochs, patience=self.job.personal_epochs)
+            trainer = Trainer(self.model, cfg, self.trainer.stats, tag=f"{self.site}/personal/")   # rank 0 alone
+            history = trainer.fit(self.train, self.val, epochs=self.job.personal_epochs)
+            val = trainer.evaluate(self.val)
+            test = (score_test(trainer, self.test, self.task.interval_paths(), seed=self.job.seed, replicates=False)
+                    if len(self.test) else None)
+        finally:
+            for p in trunk:
+                p.requires_grad_(True)
+        path = self.run_dir / self.site / "personal_model.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(path))
+        log.info("%s: personalised heads (%d epochs): %s", self.site, len(history), self.task.headline(val))
+        return {"personal_val": val, "personal_epochs_run": len(history),
+                **({"personal_test": test} if test is not None else {})}
 
 
 def tamper(spec: str, site: str, update: dict, meta: dict, received: dict) -> dict:

@@ -35,6 +35,8 @@ class JobConfig:
     min_stat_count: int = 5                    # an assay with fewer labelled rows at a site is not shared
     keep_checkpoints: int = 3                  # the server keeps the global model of this many last rounds
     init_from: str = ""                        # what the job starts from (provenance; the tensors ship in the job)
+    personal_epochs: int = 0                   # > 0: after the rounds each site fine-tunes a copy of the final heads
+                                               # on its own data (trunk frozen, early stopping on its validation)
 
     def __post_init__(self):
         task = get(self.kind)                      # UnknownKind (a ValueError) names the kinds there are
@@ -45,6 +47,8 @@ class JobConfig:
         # validated, in the kind's one canonical order (heads, label columns and pooled statistics line up)
         self.assays = task.table_to_dicts(task.table_from_dicts(self.assays))
         Aggregator(self.aggregator, self.trim)     # raises on an unknown name or a bad fraction
+        if not isinstance(self.personal_epochs, int) or self.personal_epochs < 0:
+            raise ValueError(f"personal_epochs must be a non-negative integer: {self.personal_epochs!r}")
         if self.min_stat_count < 1:
             raise ValueError(f"min_stat_count must be at least 1: {self.min_stat_count}")
         if self.keep_checkpoints < 1:

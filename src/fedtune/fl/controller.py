@@ -226,6 +226,9 @@ class FedtuneController(ModelController):
             if isinstance(r.meta.get("final_test"), dict):     # the site's test split, scored once
                 summary["sites"][site].update(final_test=_metrics(r.meta.get("final_test")),
                                               n_test=_metrics({"n": r.meta.get("n_test")}).get("n"))
+            for key in ("personal_val", "personal_test"):       # personalised heads (job.personal_epochs)
+                if isinstance(r.meta.get(key), dict):
+                    summary["sites"][site][key] = _metrics(r.meta.get(key))
             if heads:
                 _save_atomic(heads, out / "site_heads" / f"{site}.safetensors")
         if missing:

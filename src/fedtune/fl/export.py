@@ -66,6 +66,11 @@ def export_bundle(result: str | Path, out: str | Path) -> Path:
         provenance["partial"] = (f"the job ended {summary.get('status')} ({summary.get('error', 'no error recorded')}); "
                                  f"exported from its last complete round, {summary['last_round']} of {job.rounds}, "
                                  "without a final evaluation")
+    if job.personal_epochs and site_heads:
+        provenance["personalised"] = (f"each site's heads were fine-tuned on its own data for up to "
+                                      f"{job.personal_epochs} epochs after the rounds (trunk frozen); "
+                                      "`site` selects them")
     return save_bundle(out, model, trunk_cfg=job.trunk_config(), stats=stats, include_global=include_global,
-                       site_heads=site_heads if job.private else None, heads_mode=job.heads,
+                       site_heads=site_heads if (job.private or job.personal_epochs) else None,
+                       heads_mode=job.heads,
                        sites=sites, metrics=metrics, provenance=provenance)
