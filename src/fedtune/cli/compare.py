@@ -28,6 +28,10 @@ def compare_cmd(
     lr: Annotated[Optional[float], typer.Option(help="trunk learning rate")] = None,
     batch_size: Annotated[Optional[int], typer.Option()] = None,
     max_length: Annotated[Optional[int], typer.Option(help="tokens per chain / sentence")] = None,
+    server_opt: Annotated[str, typer.Option(help="server optimiser of the FedAvg runs: none, momentum (FedAvgM) "
+                                                 "or adam (FedAdam)")] = "none",
+    server_lr: Annotated[float, typer.Option(help="the server optimiser's step size")] = 1.0,
+    prox_mu: Annotated[float, typer.Option(help="FedProx mu for the FedAvg runs (0: off)")] = 0.0,
     personalise: Annotated[int, typer.Option(
         help="after the federated rounds, each site fine-tunes a copy of the final heads on its own data for up to "
              "this many epochs (trunk frozen, early stopping on its validation split): an extra run in the "
@@ -71,7 +75,8 @@ def compare_cmd(
                     jobs.append(JobConfig.create(kind.value, trunk=trunk, mode=mode, max_length=max_length,
                                                  assays=assays, seed=s, lr=lr, batch_size=batch_size, name=name,
                                                  rounds=rounds, local_epochs=local_epochs, heads=h,
-                                                 min_sites=len(sites), personal_epochs=personalise))
+                                                 min_sites=len(sites), personal_epochs=personalise,
+                                                 server_opt=server_opt, server_lr=server_lr, prox_mu=prox_mu))
                 except ValueError as exc:
                     fail(str(exc))
         return jobs

@@ -143,6 +143,11 @@ def submit(
     publish_heads: Annotated[bool, typer.Option(help="private heads: each site sends its final heads once at "
                                                      "the end so the bundle can serve per-site predictions; "
                                                      "--no-publish-heads keeps them on site")] = True,
+    server_opt: Annotated[str, typer.Option(help="server optimiser on the aggregate: none, momentum (FedAvgM) or "
+                                                 "adam (FedAdam)")] = "none",
+    server_lr: Annotated[float, typer.Option(help="the server optimiser's step size")] = 1.0,
+    prox_mu: Annotated[float, typer.Option(help="FedProx: mu/2 ||w - w_global||^2 added to each site's loss; "
+                                                "0: off")] = 0.0,
     personal_epochs: Annotated[int, typer.Option(help="after the rounds, each site fine-tunes a copy of the final "
                                                      "heads on its own data for up to this many epochs (trunk "
                                                      "frozen); the bundle serves them per site. 0: off")] = 0,
@@ -190,6 +195,7 @@ def submit(
                                assays=assays, seed=seed, lr=lr, batch_size=batch_size,
                                name=name or f"fedtune-{kind.value}", rounds=rounds, local_epochs=local_epochs,
                                heads=heads, publish_heads=publish_heads, personal_epochs=personal_epochs,
+                               server_opt=server_opt, server_lr=server_lr, prox_mu=prox_mu,
                                min_sites=min_sites, grace=grace,
                                round_timeout=round_timeout, aggregator=aggregator, trim=trim,
                                min_stat_count=min_stat_count, keep_checkpoints=keep_checkpoints)

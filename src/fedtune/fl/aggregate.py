@@ -20,7 +20,7 @@ NVFlare 2.9 ships no robust aggregator; these are a few lines of torch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -180,4 +180,51 @@ class Aggregator:
                     weights.append(float(w))
             ref = as_tensor(ref)
             out[key] = self.combine(values, weights).to(ref.dtype) if values else ref
+        return out
+
+
+SERVER_OPTS = ("none", "momentum", "adam")
+
+
+@dataclass
+class ServerOptimizer:
+    """FedOpt on the server (Reddi et al. 2021, "Adaptive Federated Optimization"): the aggregate's change to the
+    global model, d = aggregate - global, is a pseudo-gradient step; `momentum` (FedAvgM) keeps m = b1 m + d and
+    moves the global model by lr * m, `adam` (FedAdam) keeps m = b1 m + (1 - b1) d, v = b2 v + (1 - b2) d^2 and
+    moves it by lr * m / (sqrt(v) + tau). `none` takes the aggregate as it is (lr is then unused). The state
+    lives for one job on the server (a resumed job starts it afresh); non-float tensors pass through."""
+    name: str = "none"
+    lr: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    state: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.name not in SERVER_OPTS:
+            raise ValueError(f"unknown server optimiser {self.name!r}; choose one of {SERVER_OPTS}")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < float("inf")):
+            raise ValueError(f"server learning rate must be a positive finite number: {self.lr!r}")
+
+    def __call__(self, global_params: dict, aggregated: dict) -> dict:
+        if self.name == "none":
+            return aggregated
+        out = {}
+        for key, new in aggregated.items():
+            ref = as_tensor(global_params[key])
+            if not (ref.is_floating_point() and new.is_floating_point()):
+                out[key] = new
+                continue
+            d = new.double() - ref.double()
+            m = self.state.get(("m", key), torch.zeros_like(d))
+            if self.name == "momentum":
+                m = self.beta1 * m + d
+                step = m
+            else:
+                m = self.beta1 * m + (1 - self.beta1) * d
+                v = self.beta2 * self.state.get(("v", key), torch.zeros_like(d)) + (1 - self.beta2) * d * d
+                self.state[("v", key)] = v
+                step = m / (v.sqrt() + self.tau)
+            self.state[("m", key)] = m
+            out[key] = (ref.double() + self.lr * step).to(ref.dtype)
         return out

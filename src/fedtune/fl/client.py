@@ -131,6 +131,9 @@ class SiteRunner:
         # the model as received (the global model after the previous round; with private heads, this site's
         # own heads on the global trunk), on this site's validation split: the global model's per-round curve
         received = trainer.evaluate(self.val)
+        if self.job.prox_mu:        # FedProx: local training is pulled towards the model this round started from
+            state = self.model.state_dict()
+            trainer.set_prox(self.job.prox_mu, {k: state[k].detach().clone() for k in self.keys})
         start = trainer.step
         history = trainer.fit(self.train, self.val, epochs=self.job.local_epochs)
         steps = trainer.step - start    # optimiser steps this round (epochs run x batches), NVFlare's meaning

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from ..models import TrunkConfig
 from ..tasks import get
 from ..train import TrainConfig
-from .aggregate import Aggregator
+from .aggregate import Aggregator, ServerOptimizer
 
 HEADS_MODES = ("shared", "private")
 PUBLISHED = "published."   # prefix of the heads a site publishes at the end of a private-heads job
@@ -35,6 +35,9 @@ class JobConfig:
     min_stat_count: int = 5                    # an assay with fewer labelled rows at a site is not shared
     keep_checkpoints: int = 3                  # the server keeps the global model of this many last rounds
     init_from: str = ""                        # what the job starts from (provenance; the tensors ship in the job)
+    server_opt: str = "none"                   # FedOpt on the server: none (plain aggregate) | momentum | adam
+    server_lr: float = 1.0                     # its step size on the pseudo-gradient (aggregate - global)
+    prox_mu: float = 0.0                       # FedProx: mu/2 ||w - w_global||^2 added to each site's loss
     personal_epochs: int = 0                   # > 0: after the rounds each site fine-tunes a copy of the final heads
                                                # on its own data (trunk frozen, early stopping on its validation)
 
@@ -47,6 +50,9 @@ class JobConfig:
         # validated, in the kind's one canonical order (heads, label columns and pooled statistics line up)
         self.assays = task.table_to_dicts(task.table_from_dicts(self.assays))
         Aggregator(self.aggregator, self.trim)     # raises on an unknown name or a bad fraction
+        ServerOptimizer(self.server_opt, self.server_lr)   # raises on an unknown name or a bad step size
+        if not (isinstance(self.prox_mu, (int, float)) and 0 <= self.prox_mu < float("inf")):
+            raise ValueError(f"prox_mu must be a finite non-negative number: {self.prox_mu!r}")
         if not isinstance(self.personal_epochs, int) or self.personal_epochs < 0:
             raise ValueError(f"personal_epochs must be a non-negative integer: {self.personal_epochs!r}")
         if self.min_stat_count < 1:

@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 
 from ..models import travelling_keys
 from .aggregate import (Aggregator, Rejected, as_tensor, check_counts, check_moments, check_train_result,
-                        check_update, clean_metrics)
+                        ServerOptimizer, check_update, clean_metrics)
 from .config import PUBLISHED, JobConfig
 from .resume import INIT_FILE, fit_init_state
 
@@ -82,6 +82,7 @@ class FedtuneController(ModelController):
         super().__init__(persistor_id="", ignore_result_error=True)
         self.job = JobConfig.from_dict(job)
         self.aggregate = Aggregator(self.job.aggregator, self.job.trim)
+        self.server_opt = ServerOptimizer(self.job.server_opt, self.job.server_lr)
 
     # ---- helpers ---------------------------------------------------------------------------------------
     def _out_dir(self) -> Path:
@@ -201,7 +202,8 @@ class FedtuneController(ModelController):
             return (*check_train_result(r, global_params, bounds.get(site), tasks), r)
 
         good, bad = self._screen("train", str(rnd), results, check, summary)
-        new_params = self.aggregate([(p, c) for p, c, _ in good.values()], global_params)
+        new_params = self.server_opt(global_params,
+                                     self.aggregate([(p, c) for p, c, _ in good.values()], global_params))
         up = [_nbytes(r.params) for _, _, r in good.values()]
         record = {"round": rnd, "seconds": time.time() - start, "missing": missing, "rejected": bad,
                   "bytes_down_per_site": _nbytes(global_params), "bytes_up_per_site": max(up) if up else 0,

@@ -43,6 +43,17 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self._cache: dict[int, torch.Tensor] = {}
+        self.prox: tuple[float, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+
+    def set_prox(self, mu: float, reference: dict[str, torch.Tensor]) -> None:
+        """FedProx (Li et al. 2020): add mu/2 * ||w - w_ref||^2 over the trainable parameters named in `reference`
+        (the global model a federated round started from) to every training loss; mu = 0 turns it off."""
+        if not mu:
+            self.prox = None
+            return
+        pairs = [(p, reference[n].detach().to(p.device, p.dtype)) for n, p in self.model.named_parameters()
+                 if p.requires_grad and n in reference]
+        self.prox = (float(mu), pairs)
 
     # ---- setup -------------------------------------------------------------------------------------
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -140,6 +151,9 @@ class Trainer:
     def optimise(self, loss: torch.Tensor) -> None:
         """Backward, clip, optimizer and schedule step (shared with the DDP trainer)."""
         self.optimizer.zero_grad(set_to_none=True)
+        if self.prox is not None:
+            mu, pairs = self.prox
+            loss = loss + mu / 2 * sum(((p - ref) ** 2).sum() for p, ref in pairs)
         loss.backward()
         if self.cfg.grad_clip:
             nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
