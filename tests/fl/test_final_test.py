@@ -13,8 +13,16 @@ from fedtune.tasks import get
 pytestmark = pytest.mark.slow
 
 
-def test_summary_carries_each_sites_final_test_with_n_and_interval(federation, make_job, tiny_text_trunk):
-    result = federation.run(make_job("sentiment", tiny_text_trunk, name="sent-test"), timeout=600)
+@pytest.fixture(scope="module")
+def sentiment_job(federation, make_job, tiny_text_trunk):
+    """One two-round sentiment job with personalised heads, shared by the tests of this module:
+    (job, result folder)."""
+    job = make_job("sentiment", tiny_text_trunk, name="sent-test", rounds=2, personal_epochs=3)
+    return job, federation.run(job, timeout=600)
+
+
+def test_summary_carries_each_sites_final_test_with_n_and_interval(federation, sentiment_job):
+    _, result = sentiment_job
     summary = json.loads((find_fedtune_dir(result) / "summary.json").read_text())
     job = json.loads((find_fedtune_dir(result) / "job.json").read_text())
     for site, folder in federation.site_data.items():
@@ -30,8 +38,7 @@ def test_summary_carries_each_sites_final_test_with_n_and_interval(federation, m
         assert "replicates" not in boot            # the reply carries n and intervals, no per-row data
 
 
-def test_the_per_round_curve_is_the_global_model_on_each_sites_validation_split(federation, make_job,
-                                                                                 tiny_text_trunk):
+def test_the_per_round_curve_is_the_global_model_on_each_sites_validation_split(federation, sentiment_job):
     """Round r + 1 starts by scoring the model each site received, the global model after round r; that is the
     curve compare and the report show. Checked against the server's own checkpoint of round 1."""
     from safetensors.torch import load_file
@@ -40,7 +47,7 @@ def test_the_per_round_curve_is_the_global_model_on_each_sites_validation_split(
     from fedtune.fl.config import JobConfig
     from fedtune.train import Trainer
 
-    result = federation.run(make_job("sentiment", tiny_text_trunk, name="sent-curve", rounds=2), timeout=600)
+    _, result = sentiment_job
     fed_dir = find_fedtune_dir(result)
     summary = json.loads((fed_dir / "summary.json").read_text())
     job = JobConfig.from_dict(json.loads((fed_dir / "job.json").read_text()))
@@ -57,8 +64,7 @@ def test_the_per_round_curve_is_the_global_model_on_each_sites_validation_split(
         assert local[site] == [summary["rounds"][r]["sites"][site]["accuracy"] for r in (0, 1)]
 
 
-def test_personalised_heads_are_scored_exported_and_served_per_site(federation, make_job, tiny_text_trunk,
-                                                                    tmp_path):
+def test_personalised_heads_are_scored_exported_and_served_per_site(federation, sentiment_job, tmp_path):
     """personal_epochs: after the rounds each site fine-tunes a copy of the final heads on its own data; the summary
     carries their validation and test scores, the bundle holds the global heads plus every site's personalised
     heads, and `site` serves them (their predictions reproduce the site's own validation score)."""
@@ -71,8 +77,7 @@ def test_personalised_heads_are_scored_exported_and_served_per_site(federation, 
     from fedtune.serve.settings import ServeSettings
     from fedtune.train.metrics import classification_metrics
 
-    job = make_job("sentiment", tiny_text_trunk, name="sent-personal", rounds=1, personal_epochs=3)
-    result = federation.run(job, timeout=600)
+    job, result = sentiment_job
     summary = json.loads((find_fedtune_dir(result) / "summary.json").read_text())
     bundle_dir = export_bundle(result, tmp_path / "bundle")
     bundle = load_bundle(bundle_dir)
