@@ -45,6 +45,20 @@ def fmt(x, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+def classification_table(results: dict, runs: list[str], titles: list[str], summ: dict) -> list[str]:
+    """Markdown lines of a classification kind's report table: test accuracy / macro-F1 per site and run, and
+    the mean over sites (`summ[run]` holds "accuracy" and "macro_f1")."""
+    lines = ["## Test accuracy and macro-F1 per site (scored once)", "",
+             "| site | " + " | ".join(f"{t} acc / F1" for t in titles) + " |", "|---|" + "---|" * len(runs)]
+    for site in results["sites"]:
+        lines.append(f"| {site} | " + " | ".join(
+            f"{fmt(results['runs'][r].get(site, {}).get('accuracy'))} / "
+            f"{fmt(results['runs'][r].get(site, {}).get('macro_f1'))}" for r in runs) + " |")
+    lines.append("| **mean** | " + " | ".join(
+        f"**{fmt(summ[r]['accuracy'])}** / {fmt(summ[r]['macro_f1'])}" for r in runs) + " |")
+    return lines
+
+
 @dataclass(frozen=True)
 class DemoDefaults:
     """How `fedtune demo` runs this kind (sized for a 2-core CPU machine)."""

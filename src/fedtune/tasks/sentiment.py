@@ -19,7 +19,7 @@ from ..data.split import split_sentiment_sites
 from ..data.synthetic import synthetic_sentiment
 from ..models.heads import MLPHead
 from ..models.trunk import Trunk
-from .base import DemoDefaults, Task, fmt
+from .base import DemoDefaults, Task, classification_table
 
 HIDDEN = (256,)
 SAMPLE_TEXTS = [
@@ -131,16 +131,7 @@ class Sentiment(Task):
                 "macro_f1": mean_or_none(m.get("macro_f1") for m in per_site)}
 
     def report_tables(self, results, runs, titles, summ) -> list[str]:
-        lines = ["## Test accuracy and macro-F1 per site (scored once)", "",
-                 "| site | " + " | ".join(f"{t} acc / F1" for t in titles) + " |",
-                 "|---|" + "---|" * len(runs)]
-        for site in results["sites"]:
-            lines.append(f"| {site} | " + " | ".join(
-                f"{fmt(results['runs'][r].get(site, {}).get('accuracy'))} / "
-                f"{fmt(results['runs'][r].get(site, {}).get('macro_f1'))}" for r in runs) + " |")
-        lines.append("| **mean** | " + " | ".join(
-            f"**{fmt(summ[r]['accuracy'])}** / {fmt(summ[r]['macro_f1'])}" for r in runs) + " |")
-        return lines
+        return classification_table(results, runs, titles, summ)
 
     def plot_bars(self, plt, runs, titles, summ, results):
         fig, ax = plt.subplots(figsize=(6, 4))

@@ -22,7 +22,7 @@ from torch import nn
 from ..data.stats import AssayStats, moments
 from ..models.heads import MLPHead
 from ..models.trunk import Trunk
-from .base import Task, fmt
+from .base import Task, classification_table, fmt
 from .sequences_card import CARD_FILE, Card, ColumnSpec, card_of
 from .sequences_check import check_folder
 from .sequences_data import (DATA_FILE, SYNTHETIC_REGRESSION, SequenceData, read_table, split_sites,
@@ -238,15 +238,7 @@ class Sequences(Task):
     def report_tables(self, results, runs, titles, summ) -> list[str]:
         regression = any(_is_regression(m) for m in _site_metrics(results))
         if not regression:
-            lines = ["## Test accuracy and macro-F1 per site (scored once)", "",
-                     "| site | " + " | ".join(f"{t} acc / F1" for t in titles) + " |", "|---|" + "---|" * len(runs)]
-            for site in results["sites"]:
-                lines.append(f"| {site} | " + " | ".join(
-                    f"{fmt(results['runs'][r].get(site, {}).get('accuracy'))} / "
-                    f"{fmt(results['runs'][r].get(site, {}).get('macro_f1'))}" for r in runs) + " |")
-            lines.append("| **mean** | " + " | ".join(
-                f"**{fmt(summ[r]['accuracy'])}** / {fmt(summ[r]['macro_f1'])}" for r in runs) + " |")
-            return lines
+            return classification_table(results, runs, titles, summ)
         names = list(summ[runs[0]]["labels"])
         lines = ["## Mean over sites (test split of each site, scored once)", "",
                  "| label | " + " | ".join(f"{t} Pearson / Spearman" for t in titles) + " |",
