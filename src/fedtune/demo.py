@@ -189,7 +189,8 @@ def run_demo(workdir: str | Path, settings=None, sources: dict[str, Path | None]
     for kind, res in summary["results"].items():
         key = get(kind).key_metric
         line = ", ".join(f"{run} {v.get(key):.3f}" for run, v in res.items() if v.get(key) is not None)
-        print(f"  {kind} validation {key} (mean over sites): {line}")
+        print(f"  {kind} test {key} (mean over sites, each site's test split scored once; n and 95% intervals "
+              f"in the report): {line}")
     print(f"  reports: {', '.join(summary['reports'].values())}", flush=True)
     (work / "demo-summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

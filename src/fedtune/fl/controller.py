@@ -190,7 +190,8 @@ class FedtuneController(ModelController):
             if unshared:
                 self.warning(f"fedtune: no site shared statistics for {unshared} (fewer than "
                              f"{job.min_stat_count} labelled rows each): mean 0, std 1")
-        self._progress({"event": "stats", "sites": sorted(good), "missing": missing, "rejected": bad})
+        self._progress({"event": "stats", "sites": sorted(good), "missing": missing, "rejected": bad,
+                        "pooled": task.needs_stats})
         return bounds, meta
 
     def _round(self, rnd: int, global_params: dict, meta: dict, bounds: dict, tasks: list,

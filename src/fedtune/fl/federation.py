@@ -48,7 +48,8 @@ def print_event(ev: dict) -> None:
         rejected = "".join(f"  (dropped {s}: {why})" for s, why in sorted(ev.get("rejected", {}).items()))
         print(f"  round {ev['round']} done in {ev['seconds']:.1f} s: {sites}{missing}{rejected}", flush=True)
     elif kind == "stats":
-        print(f"  pooled assay statistics from {', '.join(ev['sites'])}", flush=True)
+        what = "row counts and pooled label statistics" if ev.get("pooled", True) else "row counts"
+        print(f"  {what} from {', '.join(ev['sites'])}", flush=True)
     elif kind == "sites":
         print(f"  {len(ev['sites'])} site(s) registered: {', '.join(ev['sites'])}", flush=True)
     elif kind == "start":
