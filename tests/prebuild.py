@@ -62,7 +62,7 @@ def pytest_unconfigure(config):
             pass
 
 
-def wait_for_prebuild(timeout: float = 3600) -> str:
+def wait_for_prebuild(timeout: float = 1800) -> str:
     """Wait for the background build, if one was started; returns a line saying how it went."""
     proc = _state.get("proc")
     if proc is None:
