@@ -173,15 +173,15 @@ def plot(results: dict, out: Path) -> list[str]:
                 if pts:
                     ax.plot(*zip(*pts), marker="o", ms=3, lw=1, color=colours[site], label=site)
                 rounds = max(rounds, len(ys))
-            mean = [mean_or_none(ys[i] if i < len(ys) else None for ys in per_site.values()) for i in range(rounds)]
-            pts = [(i + 1, y) for i, y in enumerate(mean) if y is not None]
-            if pts:
-                ax.plot(*zip(*pts), color="black", lw=2.5, label="global model, mean over sites")
             local = (results.get("local_curves") or {}).get(run) or {}
-            lmean = [mean_or_none(ys[i] if i < len(ys) else None for ys in local.values()) for i in range(rounds)]
-            pts = [(i + 1, y) for i, y in enumerate(lmean) if y is not None]
-            if pts:
-                ax.plot(*zip(*pts), color="grey", lw=1.5, ls="--", label="after local epochs, mean over sites")
+            for curves_of, style in ((per_site, dict(color="black", lw=2.5, label="global model, mean over sites")),
+                                     (local, dict(color="grey", lw=1.5, ls="--",
+                                                  label="after local epochs, mean over sites"))):
+                mean = [mean_or_none(ys[i] if i < len(ys) else None for ys in curves_of.values())
+                        for i in range(rounds)]
+                pts = [(i + 1, y) for i, y in enumerate(mean) if y is not None]
+                if pts:
+                    ax.plot(*zip(*pts), **style)
             ax.set_xticks(range(1, rounds + 1))
             ax.set_xlabel("round")
             ax.set_title(_title(run))

@@ -159,14 +159,19 @@ class SiteRunner:
         save_file({k: v.detach().cpu().contiguous() for k, v in params.items()}, str(path))
         return path
 
-    def save_model(self) -> Path:
-        """The model this site ends the job with (global trunk + its own heads), kept on site."""
+    def save_model(self, name: str = "final_model.safetensors") -> Path:
+        """The model this site ends the job with (global trunk + its own heads; `personal_model.safetensors`:
+        with its personalised heads), kept on site."""
         from safetensors.torch import save_file
-        path = self.run_dir / self.site / "final_model.safetensors"
+        path = self.run_dir / self.site / name
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(path))
-        log.info("%s: final model saved to %s", self.site, path)
+        log.info("%s: model saved to %s", self.site, path)
         return path
+
+    def published_heads(self) -> dict:
+        """This site's current heads, as it sends them once at the end (`published.heads.*`)."""
+        return {PUBLISHED + k: v.detach().cpu() for k, v in self.model.state_dict().items() if k.startswith("heads.")}
 
     def final(self, params: dict, meta: dict, keys: list[str] | None = None) -> tuple[dict, dict, dict]:
         trainer = self._trainer(meta)
@@ -176,8 +181,7 @@ class SiteRunner:
             self.save_model()
         out = {}
         if self.job.private and self.job.publish_heads:
-            out = {PUBLISHED + k: v.detach().cpu() for k, v in self.model.state_dict().items()
-                   if k.startswith("heads.")}
+            out = self.published_heads()
         if trainer.writer is not None:
             trainer.writer.close()
         scored = {}
@@ -186,21 +190,17 @@ class SiteRunner:
                       "final_test": score_test(trainer, self.test, self.task.interval_paths(),
                                                seed=self.job.seed, replicates=False)}
         if self.job.personal_epochs and self.dist.is_main:
-            personal = self.personalise(meta)
-            scored.update(personal)
+            scored.update(self.personalise())
             if self.job.publish_heads:     # the personalised heads replace what this site publishes
-                out = {PUBLISHED + k: v.detach().cpu() for k, v in self.model.state_dict().items()
-                       if k.startswith("heads.")}
+                out = self.published_heads()
         return out, flat_metrics(final), {**self.task.count_rows(self.train), "n_val": len(self.val),
                                           "final_val": final, **scored}
 
-    def personalise(self, meta: dict) -> dict:
+    def personalise(self) -> dict:
         """Fine-tune this site's copy of the final heads on its own training rows (trunk frozen; early stopping
         on its validation split, the best epoch restored), then score validation and, once, test. The model
         keeps the personalised heads (kept on site as personal_model.safetensors)."""
         from dataclasses import replace
-
-        from safetensors.torch import save_file
 
         from ..train import Trainer
 
@@ -217,8 +217,7 @@ class SiteRunner:
         finally:
             for p in trunk:
                 p.requires_grad_(True)
-        path = self.run_dir / self.site / "personal_model.safetensors"
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(path))
+        self.save_model("personal_model.safetensors")
         log.info("%s: personalised heads (%d epochs): %s", self.site, len(history), self.task.headline(val))
         return {"personal_val": val, "personal_epochs_run": len(history),
                 **({"personal_test": test} if test is not None else {})}
