@@ -198,7 +198,8 @@ def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: b
     if baselines:
         sites = load_sites(kind, site_dirs, first.assay_list() or None, seed=first.seed,
                            val_fraction=first.val_fraction)
-        cfg = replace(first.train_config(), epochs=first.rounds * first.local_epochs)
+        # the sites' config has no progress bars (their logs); here a person watches the baselines train
+        cfg = replace(first.train_config(), epochs=first.rounds * first.local_epochs, progress=True)
         trunk_cfg = first.trunk_config()
         results["splits"] = {site: split.record() for site, split in sites.items()}   # which rows were scored
         local = run_local(kind, sites, trunk_cfg, cfg, out)
