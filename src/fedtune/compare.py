@@ -166,6 +166,7 @@ def federated_run(fed, job, out: Path | None = None, sites: dict | None = None) 
             "costs": {"bytes_per_round": summary.get("bytes_per_round"),
                       "seconds_per_round": summary.get("seconds_per_round")},
             "result": str(result), "missing": summary.get("missing", {}),
+            "selected_round": summary.get("selected_round"),
             "cross_site": federated_cross_site(fed, job, job_ids[0], summary, sites) if sites and job_ids else {},
             # personalised heads (job.personal_epochs): each site's fine-tuned copy, scored on its test split once
             "personal": {s: v["personal_test"] for s, v in summary["sites"].items() if v.get("personal_test")},
@@ -223,6 +224,10 @@ def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: b
                 results.setdefault("cross_site", {})[name] = run["personal_cross_site"]
         if run["missing"]:
             results["notes"].append(f"{job.name}: sites missing in some rounds: {run['missing']}")
+        if run["selected_round"]:
+            sel = run["selected_round"]
+            results["notes"].append(f"{job.name}: final model = round {sel['round']} of {sel['of']}, chosen by "
+                                    f"{sel['by']} (round 0: the initial model)")
     if baselines:
         pooled = run_pooled(kind, sites, trunk_cfg, cfg, out)
         results["runs"]["pooled"], results["val_runs"]["pooled"] = pooled["test"], pooled["val"]

@@ -36,6 +36,10 @@ def compare_cmd(
         help="after the federated rounds, each site fine-tunes a copy of the final heads on its own data for up to "
              "this many epochs (trunk frozen, early stopping on its validation split): an extra run in the "
              "report; 0: off")] = 0,
+    select_round: Annotated[str, typer.Option(
+        help="best: each FedAvg run with shared heads ends with the round whose global model has the lowest "
+             "median validation loss over sites (early stopping over rounds, as local and pooled training stop "
+             "on validation); last: the last round's model")] = "best",
     seed: Annotated[int, typer.Option(help="split and training seed")] = 0,
     seeds: Annotated[Optional[str], typer.Option(
         help="several split seeds, e.g. 0,1,2: each re-splits every site and reruns every run (OUT/seed-<s>/), "
@@ -76,7 +80,8 @@ def compare_cmd(
                                                  assays=assays, seed=s, lr=lr, batch_size=batch_size, name=name,
                                                  rounds=rounds, local_epochs=local_epochs, heads=h,
                                                  min_sites=len(sites), personal_epochs=personalise,
-                                                 server_opt=server_opt, server_lr=server_lr, prox_mu=prox_mu))
+                                                 server_opt=server_opt, server_lr=server_lr, prox_mu=prox_mu,
+                                                 select_round=select_round if h != "private" else "last"))
                 except ValueError as exc:
                     fail(str(exc))
         return jobs

@@ -151,6 +151,9 @@ def submit(
     personal_epochs: Annotated[int, typer.Option(help="after the rounds, each site fine-tunes a copy of the final "
                                                      "heads on its own data for up to this many epochs (trunk "
                                                      "frozen); the bundle serves them per site. 0: off")] = 0,
+    select_round: Annotated[str, typer.Option(help="last: the final model is the last round's; best: the round "
+                                                   "whose global model has the lowest median validation loss "
+                                                   "over sites (shared heads; one more short exchange)")] = "last",
     trunk: Annotated[Optional[str], typer.Option(help="antiberty | minilm | a local HF encoder folder that "
                                                       "exists at the same path on server and sites")] = None,
     trunk_mode: Annotated[Optional[Mode], typer.Option(help="frozen | full | lora | ptuning")] = None,
@@ -195,6 +198,7 @@ def submit(
                                assays=assays, seed=seed, lr=lr, batch_size=batch_size,
                                name=name or f"fedtune-{kind.value}", rounds=rounds, local_epochs=local_epochs,
                                heads=heads, publish_heads=publish_heads, personal_epochs=personal_epochs,
+                               select_round=select_round,
                                server_opt=server_opt, server_lr=server_lr, prox_mu=prox_mu,
                                min_sites=min_sites, grace=grace,
                                round_timeout=round_timeout, aggregator=aggregator, trim=trim,

@@ -173,6 +173,13 @@ class SiteRunner:
         """This site's current heads, as it sends them once at the end (`published.heads.*`)."""
         return {PUBLISHED + k: v.detach().cpu() for k, v in self.model.state_dict().items() if k.startswith("heads.")}
 
+    def validate(self, params: dict, meta: dict, keys: list[str] | None = None) -> tuple[dict, dict, dict]:
+        """The validate phase (job.select_round best): the received model on this site's validation split."""
+        trainer = self._trainer(meta)
+        self._load(params, keys)
+        val = flat_metrics(trainer.evaluate(self.val))
+        return {}, val, {"val": val, "n_val": len(self.val)}
+
     def final(self, params: dict, meta: dict, keys: list[str] | None = None) -> tuple[dict, dict, dict]:
         trainer = self._trainer(meta)
         self._load(params, keys)
@@ -302,6 +309,8 @@ def _serve(dist: DistContext) -> None:
             params, metrics, out_meta = runner.stats()
         elif phase == "final":
             params, metrics, out_meta = runner.final(params, meta, task["keys"])
+        elif phase == "validate":
+            params, metrics, out_meta = runner.validate(params, meta, task["keys"])
         else:
             params, metrics, out_meta = runner.train_round(params, meta, task["keys"])
         if not dist.is_main:

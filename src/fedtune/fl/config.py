@@ -14,6 +14,9 @@ HEADS_MODES = ("shared", "private")
 PUBLISHED = "published."   # prefix of the heads a site publishes at the end of a private-heads job
 
 
+SELECT_ROUND = ("last", "best")
+
+
 @dataclass
 class JobConfig:
     kind: str                                  # a kind of `fedtune.tasks.kinds()`
@@ -40,6 +43,8 @@ class JobConfig:
     prox_mu: float = 0.0                       # FedProx: mu/2 ||w - w_global||^2 added to each site's loss
     personal_epochs: int = 0                   # > 0: after the rounds each site fine-tunes a copy of the final heads
                                                # on its own data (trunk frozen, early stopping on its validation)
+    select_round: str = "last"                 # last: the model after the last round; best: the round (0 = the
+                                               # initial model) with the lowest mean validation loss over sites
 
     def __post_init__(self):
         task = get(self.kind)                      # UnknownKind (a ValueError) names the kinds there are
@@ -55,6 +60,11 @@ class JobConfig:
             raise ValueError(f"prox_mu must be a finite non-negative number: {self.prox_mu!r}")
         if not isinstance(self.personal_epochs, int) or self.personal_epochs < 0:
             raise ValueError(f"personal_epochs must be a non-negative integer: {self.personal_epochs!r}")
+        if self.select_round not in SELECT_ROUND:
+            raise ValueError(f"select_round must be one of {SELECT_ROUND}: {self.select_round!r}")
+        if self.select_round == "best" and self.private:
+            raise ValueError("select_round best needs shared heads: a site's private heads are not kept per "
+                             "round, so an earlier round's trunk would meet later heads")
         if self.min_stat_count < 1:
             raise ValueError(f"min_stat_count must be at least 1: {self.min_stat_count}")
         if self.keep_checkpoints < 1:

@@ -13,6 +13,11 @@ Phases (each a "train" task whose FLModel.meta["phase"] says what the site does)
    aggregator (weighted FedAvg, median or trimmed mean). After every round the global model is written as a
    checkpoint (`checkpoints/round-<n>.safetensors`, the last `keep_checkpoints` kept) with the summary so far,
    so a job that fails later still has its training.
+   With `select_round best`, each site's validation loss of the model it received (the previous round's
+   global model) is the per-round record; after the last round a "validate" phase scores the last global
+   model the same way, and the round whose model has the lowest median validation loss over sites (round 0:
+   the initial model) becomes the final model (`summary["selected_round"]`). The median keeps one site's
+   claimed losses from choosing alone; a site can only choose among global models, never add one.
 3. final: the final global parameters go out once more; each site evaluates them on its validation split and
    returns the metrics and, with private heads and publishing on, its own heads (under `published.heads.`,
    which the private-head filter lets through on purpose: turn publishing off to keep heads on site).
@@ -63,6 +68,18 @@ def _nbytes(params: dict) -> int:
 def _metrics(reported) -> dict:
     """A site's reported metrics, cleaned (see clean_metrics); anything but a dict counts as none."""
     return clean_metrics(reported) if isinstance(reported, dict) else {}
+
+
+def _val_loss(metrics) -> float:
+    """A site's reported validation loss: a finite number, or the answer is not used for the choice."""
+    loss = _metrics(metrics).get("loss") if isinstance(metrics, dict) else None
+    if not isinstance(loss, (int, float)) or isinstance(loss, bool):
+        raise Rejected("no finite validation loss")
+    return float(loss)
+
+
+def _median_loss(losses: dict) -> float | None:
+    return float(np.median(list(losses.values()))) if losses else None
 
 
 def _save_atomic(tensors: dict, path: Path) -> None:
@@ -211,6 +228,39 @@ class FedtuneController(ModelController):
                   "sites": {site: _metrics(r.meta.get("summary")) for site, (_, _, r) in good.items()}}
         return new_params, record
 
+    def _validate(self, global_params: dict, meta: dict, summary: dict) -> dict:
+        """The validate phase: {site: validation loss} of `global_params` (the last round's global model)."""
+        results, missing = self._ask("validate", global_params, meta, self.job.rounds + 1)
+        good, _ = self._screen("validate", "validate", results, lambda site, r: _val_loss(r.meta.get("val")),
+                               summary)
+        if missing:
+            summary["missing"]["validate"] = missing
+        return good
+
+    @staticmethod
+    def _keep_best(candidates: dict, losses: dict, rnd: int, params: dict) -> dict:
+        """Hold only the best round's parameters so far (one extra copy of the model, not one per round)."""
+        held = next(iter(candidates), None)
+        if losses.get(rnd) is None:
+            return candidates
+        if held is None or losses[rnd] <= losses[held]:
+            return {rnd: params}
+        return candidates
+
+    def _select(self, candidates: dict, losses: dict, last: dict, summary: dict) -> dict:
+        """The global model of the round with the lowest median validation loss (ties: the later round)."""
+        scored = {rnd: loss for rnd, loss in losses.items() if loss is not None}
+        if not candidates or not scored:
+            self.warning("fedtune: no validation loss reported: the final model is the last round's")
+            summary["selected_round"] = {"round": self.job.rounds, "of": self.job.rounds, "by": "last (no losses)"}
+            return last
+        best = min(scored, key=lambda rnd: (scored[rnd], -rnd))
+        summary["selected_round"] = {"round": best, "of": self.job.rounds, "by": "median validation loss over sites",
+                                     "val_loss": {str(r): v for r, v in sorted(scored.items())}}
+        self.info(f"fedtune: final model = round {best} of {self.job.rounds} (median validation loss "
+                  f"{scored[best]:.4f}; last round {scored.get(self.job.rounds, float('nan')):.4f})")
+        return candidates[best]
+
     def _final(self, global_params: dict, meta: dict, state: dict, bounds: dict, summary: dict) -> list:
         job, out = self.job, self._out_dir()
         results, missing = self._ask("final", global_params, meta, job.rounds + 1)
@@ -257,15 +307,31 @@ class FedtuneController(ModelController):
                             "bytes_down": _nbytes(global_params), "aggregator": job.aggregator})
             bounds, meta = self._count_phase(model, summary)
             tasks = list(getattr(model, "tasks", []))
+            best = job.select_round == "best"
+            candidates, losses = {}, {}      # select_round best: the best round so far and every round's loss
             for rnd in range(1, job.rounds + 1):
                 if self.abort_signal.triggered:
                     return
+                previous = global_params
                 global_params, record = self._round(rnd, global_params, meta, bounds, tasks, summary)
+                if best:       # what the sites received this round is the previous round's global model
+                    received = {}
+                    for site, metrics in record["sites"].items():
+                        try:
+                            received[site] = _val_loss(metrics.get("received"))
+                        except Rejected:
+                            pass
+                    losses[rnd - 1] = record["received_val_loss"] = _median_loss(received)
+                    candidates = self._keep_best(candidates, losses, rnd - 1, previous)
                 summary["rounds"].append(record)
                 if record["missing"]:
                     summary["missing"][str(rnd)] = record["missing"]
                 self._checkpoint(state, global_params, rnd, summary)
                 self._progress({"event": "round", **record})
+            if best:
+                losses[job.rounds] = _median_loss(self._validate(global_params, meta, summary))
+                candidates = self._keep_best(candidates, losses, job.rounds, global_params)
+                global_params = self._select(candidates, losses, global_params, summary)
             missing = self._final(global_params, meta, state, bounds, summary)
             state.update(global_params)
             _save_atomic(state, out / "global.safetensors")

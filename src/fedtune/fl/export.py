@@ -62,6 +62,8 @@ def export_bundle(result: str | Path, out: str | Path) -> Path:
                   "bytes_per_round": summary.get("bytes_per_round"), "job": job.to_dict()}
     if summary.get("init_from"):
         provenance["init_from"] = summary["init_from"]
+    if complete and summary.get("selected_round"):      # select_round best: which round's model this is
+        provenance["selected_round"] = summary["selected_round"]
     if not complete:
         provenance["partial"] = (f"the job ended {summary.get('status')} ({summary.get('error', 'no error recorded')}); "
                                  f"exported from its last complete round, {summary['last_round']} of {job.rounds}, "
