@@ -103,7 +103,7 @@ def federated_cross_site(fed, job, job_id: str, summary: dict, sites: dict,
         found = list(fed.workdir.rglob(f"fedtune-runs/{job_id}/{site}/{filename}"))
         if not found:
             continue
-        model = task.build_model(job.trunk_config(), job.assay_list() or None)
+        model = job.build_model()
         model.load_state_dict(load_file(str(found[0])))
         rows[site] = cross_site_row(model, stats, job.train_config(), sites)
     return rows

@@ -40,6 +40,8 @@ class JobConfig:
     prox_mu: float = 0.0                       # FedProx: mu/2 ||w - w_global||^2 added to each site's loss
     personal_epochs: int = 0                   # > 0: after the rounds each site fine-tunes a copy of the final heads
                                                # on its own data (trunk frozen, early stopping on its validation)
+    head_type: str = "mlp"                     # mlp | ridge (exact federated ridge, no training rounds) | ridge-mlp
+                                               # (MLP heads initialised from the ridge): see fedtune.fl.ridge
 
     def __post_init__(self):
         task = get(self.kind)                      # UnknownKind (a ValueError) names the kinds there are
@@ -55,6 +57,13 @@ class JobConfig:
             raise ValueError(f"prox_mu must be a finite non-negative number: {self.prox_mu!r}")
         if not isinstance(self.personal_epochs, int) or self.personal_epochs < 0:
             raise ValueError(f"personal_epochs must be a non-negative integer: {self.personal_epochs!r}")
+        if self.head_type not in task.head_types:
+            raise ValueError(f"a {self.kind} job has no head type {self.head_type!r}; choose one of {task.head_types}")
+        if self.head_type != "mlp" and self.private:
+            raise ValueError(f"head type {self.head_type} solves one shared ridge per assay: use shared heads")
+        if self.head_type == "ridge" and self.trunk.get("mode", task.default_mode) != "frozen":
+            raise ValueError("ridge heads are solved on a frozen trunk's embeddings: use trunk mode frozen "
+                             "(or head type ridge-mlp to train on from the ridge)")
         if self.min_stat_count < 1:
             raise ValueError(f"min_stat_count must be at least 1: {self.min_stat_count}")
         if self.keep_checkpoints < 1:
@@ -88,6 +97,11 @@ class JobConfig:
     def task(self):
         """The job's task kind (`fedtune.tasks.Task`)."""
         return get(self.kind)
+
+    def build_model(self, weights: bool = True):
+        """This job's model (trunk, trunk mode, label table, head type), as the server and every site build it."""
+        return self.task().build_model(self.trunk_config(), self.assay_list() or None, weights=weights,
+                                       head_type=self.head_type)
 
     def assay_list(self) -> list:
         """The job's label table as the kind's objects (e.g. Assay), in canonical order; [] for none."""
