@@ -171,7 +171,7 @@ def ridge_phase(ctrl, model, meta: dict, bounds: dict, summary: dict) -> dict[st
     save_file({"weight": np.ascontiguousarray(w), "alpha": alphas[pick], "lambda": lams, "rows": rows,
                "val_rows": val_rows}, str(ctrl._out_dir() / "ridge.safetensors"))
     summary["ridge"] = {"sites": sorted(good), "val_sites": sorted(answers), "alpha": alphas[pick].tolist(),
-                        "rows": rows.tolist(), "val_rows": val_rows.tolist()}
+                        "rows": rows.tolist(), "val_rows": val_rows.tolist(), "val_overall_rows": overall_n}
     ctrl._progress({"event": VAL, "sites": sorted(answers), "rejected": bad_val, "alpha": alphas[pick].tolist()})
     task.set_linear_outputs(model, torch.from_numpy(w[:, :-1]), torch.from_numpy(w[:, -1]))
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.startswith("heads.")}
