@@ -120,25 +120,48 @@ def site_sums(runner, params: dict, meta: dict) -> tuple[dict, dict, dict]:
     return {"ridge.gram": gram, "ridge.xty": xty, "ridge.n": n}, {}, runner.task.count_rows(runner.train)
 
 
+def val_errors(x: np.ndarray, y: np.ndarray, cand: np.ndarray, least: int) -> dict:
+    """A site's `ridge-val` answer from its validation embeddings `x` and targets `y`: per column the squared
+    errors of every candidate (zeros under `least` rows) and the same over every column together."""
+    err, n = np.zeros(cand.shape[:2]), np.zeros(cand.shape[0])
+    if len(x):
+        err, n = ridge.sse(x, y, cand)
+    total = n.sum()
+    shared = n >= least
+    return {"ridge.sse": np.where(shared[:, None], err, 0.0), "ridge.n": np.where(shared, n, 0.0),
+            "ridge.overall": err.sum(0) if total >= least else np.zeros(cand.shape[1]),
+            "ridge.overall_n": np.array([total if total >= least else 0.0])}
+
+
 def site_errors(runner, params: dict, meta: dict) -> tuple[dict, dict, dict]:
     """This site's `ridge-val` answer: the candidates' squared errors on its validation rows only."""
     cand = np.asarray(params["ridge.candidates"], dtype=np.float64)
-    err, n = np.zeros(cand.shape[:2]), np.zeros(cand.shape[0])
-    if len(runner.val):
-        err, n = ridge.sse(*_site_xy(runner, meta, runner.val), cand)
-    least = runner.job.min_stat_count
-    total = n.sum()
-    overall = err.sum(0) if total >= least else np.zeros(cand.shape[1])   # every column together
-    shared = n >= least
-    return ({"ridge.sse": np.where(shared[:, None], err, 0.0), "ridge.n": np.where(shared, n, 0.0),
-             "ridge.overall": overall, "ridge.overall_n": np.array([total if total >= least else 0.0])},
-            {}, {"n_val": len(runner.val)})
+    x, y = _site_xy(runner, meta, runner.val) if len(runner.val) else (np.zeros((0, 0)), None)
+    return val_errors(x, y, cand, runner.job.min_stat_count), {}, {"n_val": len(runner.val)}
 
 
 SITE_PHASES = {SUMS: site_sums, VAL: site_errors}
 
 
-# ---- server side ---------------------------------------------------------------------------------------
+# ---- server side -------------------------------------------------------------------------------------
+def solve_sums(parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(summed G, rows per column, candidate solutions [A, L, D]) from the checked sums of every site."""
+    gram = sum(g for g, _, _ in parts)
+    return gram, sum(n for _, _, n in parts), ridge.solve(gram, sum(b for _, b, _ in parts))
+
+
+def pick_solution(cand: np.ndarray, answers: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(W [A, D], grid index per column, validation rows per column, rows of the overall errors) from the
+    candidates and every site's checked validation errors (`check_val`)."""
+    err = sum(e for e, _, _, _ in answers)
+    val_rows = sum(n for _, n, _, _ in answers)
+    overall_n = sum(m for _, _, _, m in answers)
+    overall = sum(o for _, _, o, _ in answers) / max(overall_n, 1.0)
+    pick = ridge.choose(err, val_rows, overall if overall_n else None)
+    return cand[np.arange(len(pick)), pick], pick, val_rows, overall_n
+
+
+# ---- the phase on the server ------------------------------------------------------------------------------
 def ridge_phase(ctrl, model, meta: dict, bounds: dict, summary: dict) -> dict[str, torch.Tensor]:
     """Run both exchanges on the controller `ctrl`; put the chosen solutions into `model`'s heads and return the
     heads' state (`heads.*`); record the solution in `<fedtune>/ridge.safetensors` and `summary["ridge"]`."""
@@ -151,21 +174,13 @@ def ridge_phase(ctrl, model, meta: dict, bounds: dict, summary: dict) -> dict[st
     results, _ = ctrl._ask(SUMS, {}, meta, 0)
     good, bad = ctrl._screen(SUMS, SUMS, results, lambda site, r: check_sums(
         r.params, n_cols, dim, bounds.get(site, {}).get("n_train"), job.min_stat_count), summary)
-    gram = sum(g for g, _, _ in good.values())
-    xty = sum(b for _, b, _ in good.values())
-    rows = sum(n for _, _, n in good.values())
-    cand = ridge.solve(gram, xty, alphas)
+    gram, rows, cand = solve_sums(list(good.values()))
     ctrl._progress({"event": SUMS, "sites": sorted(good), "rejected": bad, "rows": rows.tolist()})
 
     results, _ = ctrl._ask(VAL, {"ridge.candidates": torch.from_numpy(cand)}, meta, 0)
     answers, bad_val = ctrl._screen(VAL, VAL, results, lambda site, r: check_val(
         r.params, n_cols, len(alphas), job.min_stat_count), summary)
-    err = sum(e for e, _, _, _ in answers.values())
-    val_rows = sum(n for _, n, _, _ in answers.values())
-    overall_n = sum(m for _, _, _, m in answers.values())
-    overall = sum(o for _, _, o, _ in answers.values()) / max(overall_n, 1.0)
-    pick = ridge.choose(err, val_rows, overall if overall_n else None)
-    w = cand[np.arange(n_cols), pick]
+    w, pick, val_rows, overall_n = pick_solution(cand, list(answers.values()))
     lams = np.array([ridge.lambdas(gram[a], alphas)[pick[a]] for a in range(n_cols)])
 
     save_file({"weight": np.ascontiguousarray(w), "alpha": alphas[pick], "lambda": lams, "rows": rows,
