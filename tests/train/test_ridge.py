@@ -119,3 +119,20 @@ def test_ridge_heads_start_as_the_linear_map(head_type):
     if head_type == "ridge-mlp":      # the MLP keeps the MLP heads' hidden sizes and learns from the first step
         head(x).pow(2).sum().backward()
         assert head.mlp.net[-1].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("fields, reason", [
+    (dict(kind="fitness", head_type="ridge", heads="private"), "use shared heads"),
+    (dict(kind="fitness", head_type="ridge", trunk={"mode": "full"}), "frozen"),
+    (dict(kind="fitness", head_type="forest"), "no head type"),
+    (dict(kind="sentiment", head_type="ridge"), "no head type"),
+])
+def test_a_job_with_an_impossible_head_type_is_refused(fields, reason):
+    from fedtune.data import SYNTHETIC_ASSAYS
+    from fedtune.fl.config import JobConfig
+
+    assays = [a.to_dict() for a in SYNTHETIC_ASSAYS] if fields["kind"] == "fitness" else []
+    with pytest.raises(ValueError, match=reason):
+        JobConfig(**{"trunk": {"mode": "frozen"}, "assays": assays, **fields})
+    table = [a.to_dict() for a in SYNTHETIC_ASSAYS]
+    JobConfig(kind="fitness", head_type="ridge-mlp", trunk={"mode": "full"}, assays=table)   # may train the trunk
