@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from fedtune.data.split import TEST_FRACTION
 from fedtune.fl.submit import find_fedtune_dir
@@ -127,3 +128,23 @@ def test_ridge_heads_are_exported_and_served(ridge_job, tmp_path):
     for t in bundle.model.tasks:
         cols = [i for i, a in enumerate(assays) if a.task == t]
         assert scores[t] == pytest.approx(float(z[0, cols].mean()), abs=1e-4)
+
+
+def test_mlp_heads_from_ridge_start_as_the_ridge(federation, ridge_job):
+    """Head type ridge-mlp: the ridge phase fills the linear terms and the MLP terms start at zero, so the model
+    every site receives for round 1 scores on its validation split exactly as the ridge heads' final model does;
+    the round then trains on from there (it still has MLP heads of 128, 64, 32)."""
+    from dataclasses import replace
+
+    job, fed_dir, _ = ridge_job
+    ridge_summary = json.loads((fed_dir / "summary.json").read_text())
+    mlp_job = replace(job, name="ridge-mlp-test", head_type="ridge-mlp", rounds=1)
+    summary = json.loads((find_fedtune_dir(federation.run(mlp_job, timeout=600)) / "summary.json").read_text())
+    assert summary["status"] == "complete" and len(summary["rounds"]) == 1
+    assert summary["ridge"]["alpha"] == ridge_summary["ridge"]["alpha"]
+    for site, s in ridge_summary["sites"].items():
+        received = summary["rounds"][0]["sites"][site]["received"]
+        assert received["loss"] == pytest.approx(s["final_val"]["loss"], rel=1e-5)
+        assert received["mean_pearson"] == pytest.approx(s["final_val"]["mean_pearson"], abs=1e-5)
+    head = next(iter(mlp_job.build_model().heads.values()))
+    assert [m.out_features for m in head.mlp.net if isinstance(m, torch.nn.Linear)][:-1] == [128, 64, 32]
