@@ -5,7 +5,7 @@ A bundle is a folder that holds everything needed to serve a trained model and n
     manifest.json                 format version, kind, trunk architecture + config, tokenizer files, the kind's
                                   own fields (`Task.manifest_fields`: e.g. tasks and assays, or labels),
                                   per-head-set target statistics, sites, which head sets are global / per site,
-                                  metrics, provenance, tensor shapes, sha256 of every file
+                                  the heads' hidden sizes and type (mlp, ridge, ridge-mlp: `models.heads`), metrics, provenance, tensor shapes, sha256 of every file
     trunk/config.json, tokenizer files, trunk/model.safetensors   a plain Hugging Face encoder folder
     heads/global.safetensors      heads averaged by the server (shared heads / local training)
     heads/<site>.safetensors      a site's own heads (private heads published at the end of a job)
@@ -154,7 +154,8 @@ def save_bundle(out_dir: str | Path, model: nn.Module, *, trunk_cfg: TrunkConfig
                 "virtual_tokens": virtual_tokens,
                 "files": [str(p.relative_to(tmp)) for p in files if p.parent.name == "trunk"],
             },
-            "heads": {"hidden": list(model.head_hidden), "mode": heads_mode, "sets": head_sets},
+            "heads": {"hidden": list(model.head_hidden), "type": getattr(model, "head_type", "mlp"),
+                      "mode": heads_mode, "sets": head_sets},
             "sites": sites if sites is not None else [s for s in head_sets if s != GLOBAL],
             "target_stats": all_stats,
             "metrics": metrics or {},

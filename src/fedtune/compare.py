@@ -3,6 +3,8 @@
 - local:  each site trains alone (same total epochs as the federated run: rounds x local epochs)
 - pooled: one model on the union of every site's training rows (the upper bound federated learning chases)
 - fedavg: the federated job (run by the caller, e.g. through fedtune.fl), its final per-site metrics
+- with a job of head type ridge or ridge-mlp also local-ridge and pooled-ridge: ridge heads on the frozen trunk,
+  each site alone and on the pooled rows (`run_ridge`)
 
 Validation alone drives early stopping (pooled: the union of the sites' validation parts); every run's model
 is then scored once on each site's own test split, with n and a bootstrap 95% interval
@@ -103,7 +105,7 @@ def federated_cross_site(fed, job, job_id: str, summary: dict, sites: dict,
         found = list(fed.workdir.rglob(f"fedtune-runs/{job_id}/{site}/{filename}"))
         if not found:
             continue
-        model = task.build_model(job.trunk_config(), job.assay_list() or None)
+        model = job.build_model()
         model.load_state_dict(load_file(str(found[0])))
         rows[site] = cross_site_row(model, stats, job.train_config(), sites)
     return rows
@@ -118,6 +120,51 @@ def run_pooled(kind: str, sites: dict, trunk_cfg: TrunkConfig, cfg: TrainConfig,
                                          _writer(out, "pooled", "all"),
                                          tests={site: s.test for site, s in sites.items()})
     return {"val": val, "test": test}
+
+
+def run_ridge(kind: str, sites: dict, job, out: Path | None = None) -> dict:
+    """Ridge heads on the job's frozen trunk, without a federation: `local`, each site solves from its own
+    training rows (its own target statistics, penalty on its own validation split) and `pooled`, one solve on the
+    union of every site's training rows (penalty on the union of their validation splits). Scored on each site's
+    test split like every other run. The federated job (head type ridge) reaches the pooled solution exactly from
+    the sites' sums (`fedtune.fl.ridge`), less what the minimum-count rule keeps on site.
+    Returns {"local": {"val", "test"}, "pooled": {"val", "test"}}."""
+    import numpy as np
+    import torch
+
+    from .train import ridge
+
+    task = get(kind)
+    torch.manual_seed(job.seed)
+    model = task.build_model(job.trunk_config(), job.assay_list() or None, head_type="ridge")
+    cfg = job.train_config()
+    first = next(iter(sites.values()))
+    trainer = Trainer(model, cfg, task.fit_stats(first.train))   # one trainer: the embeddings are computed once
+
+    def xy(data, stats):
+        return trainer.embeddings(data), task.targets(data, np.arange(len(data)), stats)
+
+    def fitted(train_parts, val_parts, stats, tests):
+        xs, ys = zip(*(xy(d, stats) for d in train_parts))
+        xv, yv = zip(*(xy(d, stats) for d in val_parts))
+        w, _ = ridge.fit(np.vstack(xs), np.vstack(ys), np.vstack(xv), np.vstack(yv))
+        task.set_linear_outputs(model, torch.from_numpy(w[:, :-1]), torch.from_numpy(w[:, -1]))
+        trainer.stats = stats
+        return ({site: trainer.evaluate(split.val) for site, split in tests.items()},
+                {site: score_test(trainer, split.test, task.interval_paths(), seed=cfg.seed)
+                 for site, split in tests.items() if len(split.test)})
+
+    results = {"local": {"val": {}, "test": {}}}
+    for site, split in sites.items():
+        log.info("local ridge: %s", site)
+        val, test = fitted([split.train], [split.val], task.fit_stats(split.train), {site: split})
+        results["local"]["val"].update(val)
+        results["local"]["test"].update(test)
+    log.info("pooled ridge: the union of %d sites", len(sites))
+    stats = task.fit_stats(concat(s.train for s in sites.values()))
+    val, test = fitted([s.train for s in sites.values()], [s.val for s in sites.values()], stats, sites)
+    results["pooled"] = {"val": val, "test": test}
+    return results
 
 
 # ---- the whole comparison ----------------------------------------------------------------------------------
@@ -231,5 +278,9 @@ def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: b
     if baselines:
         pooled = run_pooled(kind, sites, trunk_cfg, cfg, out)
         results["runs"]["pooled"], results["val_runs"]["pooled"] = pooled["test"], pooled["val"]
+        ridge_job = next((j for j in jobs if j.head_type != "mlp"), None)
+        if ridge_job is not None:      # ridge heads alone and pooled, beside the federated ridge
+            for name, run in run_ridge(kind, sites, ridge_job, out).items():
+                results["runs"][f"{name}-ridge"], results["val_runs"][f"{name}-ridge"] = run["test"], run["val"]
     write_report(results, out)
     return results

@@ -27,10 +27,14 @@ from .tasks.base import fmt
 from .train.bootstrap import mean_interval, metric_at
 from .train.metrics import mean_or_none
 
-RUN_TITLES = {"local": "local only", "fedavg": "FedAvg", "pooled": "pooled (upper bound)"}
+RUN_TITLES = {"local": "local only", "fedavg": "FedAvg", "pooled": "pooled (upper bound)",
+              "fedavg-ridge": "FedAvg, ridge heads", "fedavg-ridge-mlp": "FedAvg, MLP heads from ridge",
+              "local-ridge": "local only, ridge heads", "pooled-ridge": "pooled, ridge heads"}
 
 
 def _title(run: str) -> str:
+    if run in RUN_TITLES:
+        return RUN_TITLES[run]
     if run.startswith("fedavg-"):
         return f"FedAvg {run[len('fedavg-'):]}"
     return RUN_TITLES.get(run, run)

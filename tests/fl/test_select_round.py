@@ -41,7 +41,7 @@ def test_a_diverging_job_ends_with_the_round_validation_chose(federation, make_j
     assert [r["received_val_loss"] for r in summary["rounds"]] == [losses[0], losses[1]]
 
     torch.manual_seed(job.seed)       # the model the server started from (same seed, same build)
-    start = JobConfig.from_dict(job.to_dict()).task().build_model(job.trunk_config(), job.assay_list())
+    start = JobConfig.from_dict(job.to_dict()).build_model()
     final = load_file(str(fed_dir / "global.safetensors"))
     last = load_file(str(fed_dir / "checkpoints" / "round-2.safetensors"))
     heads = [k for k in final if k.startswith("heads.")]

@@ -40,6 +40,10 @@ def compare_cmd(
         help="best: each FedAvg run with shared heads ends with the round whose global model has the lowest "
              "median validation loss over sites (early stopping over rounds, as local and pooled training stop "
              "on validation); last: the last round's model")] = "best",
+    head_type: Annotated[Optional[list[str]], typer.Option(
+        help="fitness: mlp (default), ridge (exact federated ridge per assay, frozen trunk, no training rounds) "
+             "or ridge-mlp (MLP heads that start as the ridge); repeat for several FedAvg runs. A ridge type "
+             "runs with shared heads and adds the runs local-ridge and pooled-ridge")] = None,
     seed: Annotated[int, typer.Option(help="split and training seed")] = 0,
     seeds: Annotated[Optional[str], typer.Option(
         help="several split seeds, e.g. 0,1,2: each re-splits every site and reruns every run (OUT/seed-<s>/), "
@@ -70,15 +74,23 @@ def compare_cmd(
     if len(set(seed_list)) != len(seed_list) or any(s < 0 for s in seed_list):
         fail(f"--seeds {seeds!r}: seeds must be distinct and non-negative")
 
+    head_types = head_type or ["mlp"]
+    unknown = [t for t in head_types if t not in task.head_types]
+    if unknown or len(set(head_types)) != len(head_types):
+        fail(f"--head-type {head_types}: give distinct values of {list(task.head_types)}")
+
     def jobs_for(s: int) -> list:
         jobs = []
         for mode in modes:
-            for h in head_modes:
-                name = "fedavg" + (f"-{mode}" if len(modes) > 1 else "") + (f"-{h}" if len(head_modes) > 1 else "")
+            # an MLP head type runs once per heads mode; a ridge type once, with shared heads (one pooled ridge)
+            plan = [(h, t) for t in head_types for h in (head_modes if t == "mlp" else ["shared"])]
+            for h, t in plan:
+                name = ("fedavg" + (f"-{mode}" if len(modes) > 1 else "")
+                        + (f"-{h}" if len(head_modes) > 1 and t == "mlp" else "") + ("" if t == "mlp" else f"-{t}"))
                 try:
                     jobs.append(JobConfig.create(kind.value, trunk=trunk, mode=mode, max_length=max_length,
                                                  assays=assays, seed=s, lr=lr, batch_size=batch_size, name=name,
-                                                 rounds=rounds, local_epochs=local_epochs, heads=h,
+                                                 rounds=rounds, local_epochs=local_epochs, heads=h, head_type=t,
                                                  min_sites=len(sites), personal_epochs=personalise,
                                                  server_opt=server_opt, server_lr=server_lr, prox_mu=prox_mu,
                                                  select_round=select_round if h != "private" else "last"))

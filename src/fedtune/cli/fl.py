@@ -148,6 +148,10 @@ def submit(
     server_lr: Annotated[float, typer.Option(help="the server optimiser's step size")] = 1.0,
     prox_mu: Annotated[float, typer.Option(help="FedProx: mu/2 ||w - w_global||^2 added to each site's loss; "
                                                 "0: off")] = 0.0,
+    head_type: Annotated[str, typer.Option(help="fitness: mlp, ridge (exact federated ridge per assay from the "
+                                                "sites' sums, frozen trunk, no training rounds) or ridge-mlp (MLP "
+                                                "heads that start as that ridge); ridge types need shared "
+                                                "heads")] = "mlp",
     personal_epochs: Annotated[int, typer.Option(help="after the rounds, each site fine-tunes a copy of the final "
                                                      "heads on its own data for up to this many epochs (trunk "
                                                      "frozen); the bundle serves them per site. 0: off")] = 0,
@@ -197,8 +201,8 @@ def submit(
         job = JobConfig.create(kind.value, trunk=trunk, mode=trunk_mode.value if trunk_mode else None,
                                assays=assays, seed=seed, lr=lr, batch_size=batch_size,
                                name=name or f"fedtune-{kind.value}", rounds=rounds, local_epochs=local_epochs,
-                               heads=heads, publish_heads=publish_heads, personal_epochs=personal_epochs,
-                               select_round=select_round,
+                               heads=heads, head_type=head_type, publish_heads=publish_heads,
+                               personal_epochs=personal_epochs, select_round=select_round,
                                server_opt=server_opt, server_lr=server_lr, prox_mu=prox_mu,
                                min_sites=min_sites, grace=grace,
                                round_timeout=round_timeout, aggregator=aggregator, trim=trim,

@@ -43,6 +43,7 @@ from ..models import travelling_keys
 from ..train.bootstrap import score_test
 from ..train.ddp import DistContext, set_dropout
 from .config import PUBLISHED, JobConfig
+from .ridge import SITE_PHASES as RIDGE_PHASES
 
 log = logging.getLogger("fedtune.client")
 TAMPER = "FEDTUNE_TEST_TAMPER"   # test-only misbehaviour of one site, see `tamper`
@@ -76,7 +77,7 @@ class SiteRunner:
                                      test_fraction=TEST_FRACTION)
         self.train, self.val, self.test = split.train, split.val, split.test   # test: scored once, in final
         torch.manual_seed(job.seed)
-        self.model = self.task.build_model(job.trunk_config(), assays)
+        self.model = job.build_model()
         check_assay_order(self.model, self.train)
         if job.train.get("dropout") is not None:     # e.g. 0: every process draws the same (no) masks
             set_dropout(self.model, job.train["dropout"])
@@ -311,6 +312,8 @@ def _serve(dist: DistContext) -> None:
             params, metrics, out_meta = runner.final(params, meta, task["keys"])
         elif phase == "validate":
             params, metrics, out_meta = runner.validate(params, meta, task["keys"])
+        elif phase in RIDGE_PHASES:     # exact federated ridge heads: sums, then validation errors
+            params, metrics, out_meta = RIDGE_PHASES[phase](runner, params, meta)
         else:
             params, metrics, out_meta = runner.train_round(params, meta, task["keys"])
         if not dist.is_main:
@@ -318,7 +321,8 @@ def _serve(dist: DistContext) -> None:
         from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
         if not params:   # the Client API needs something to send; an empty marker tensor carries no data
             params = {"fedtune.marker": torch.zeros(1)}
-        params = {k: v.detach().cpu().float().numpy() for k, v in params.items()}   # numpy on the wire
+        # numpy on the wire (ridge sums are numpy float64 already and keep their precision)
+        params = {k: v if isinstance(v, np.ndarray) else v.detach().cpu().float().numpy() for k, v in params.items()}
         flare.send(FLModel(params_type=ParamsType.FULL, params=params, metrics=metrics, meta=out_meta))
 
 

@@ -45,6 +45,8 @@ class JobConfig:
                                                # on its own data (trunk frozen, early stopping on its validation)
     select_round: str = "last"                 # last: the model after the last round; best: the round (0 = the
                                                # initial model) with the lowest mean validation loss over sites
+    head_type: str = "mlp"                     # mlp | ridge (exact federated ridge, no training rounds) | ridge-mlp
+                                               # (MLP heads initialised from the ridge): see fedtune.fl.ridge
 
     def __post_init__(self):
         task = get(self.kind)                      # UnknownKind (a ValueError) names the kinds there are
@@ -65,6 +67,13 @@ class JobConfig:
         if self.select_round == "best" and self.private:
             raise ValueError("select_round best needs shared heads: a site's private heads are not kept per "
                              "round, so an earlier round's trunk would meet later heads")
+        if self.head_type not in task.head_types:
+            raise ValueError(f"a {self.kind} job has no head type {self.head_type!r}; choose one of {task.head_types}")
+        if self.head_type != "mlp" and self.private:
+            raise ValueError(f"head type {self.head_type} solves one shared ridge per assay: use shared heads")
+        if self.head_type == "ridge" and self.trunk.get("mode", task.default_mode) != "frozen":
+            raise ValueError("ridge heads are solved on a frozen trunk's embeddings: use trunk mode frozen "
+                             "(or head type ridge-mlp to train on from the ridge)")
         if self.min_stat_count < 1:
             raise ValueError(f"min_stat_count must be at least 1: {self.min_stat_count}")
         if self.keep_checkpoints < 1:
@@ -98,6 +107,11 @@ class JobConfig:
     def task(self):
         """The job's task kind (`fedtune.tasks.Task`)."""
         return get(self.kind)
+
+    def build_model(self, weights: bool = True):
+        """This job's model (trunk, trunk mode, label table, head type), as the server and every site build it."""
+        return self.task().build_model(self.trunk_config(), self.assay_list() or None, weights=weights,
+                                       head_type=self.head_type)
 
     def assay_list(self) -> list:
         """The job's label table as the kind's objects (e.g. Assay), in canonical order; [] for none."""

@@ -18,6 +18,8 @@ Phases (each a "train" task whose FLModel.meta["phase"] says what the site does)
    model the same way, and the round whose model has the lowest median validation loss over sites (round 0:
    the initial model) becomes the final model (`summary["selected_round"]`). The median keeps one site's
    claimed losses from choosing alone; a site can only choose among global models, never add one.
+With head type ridge or ridge-mlp, the ridge phase (`fedtune.fl.ridge`: two exchanges of sums and validation
+errors, exact pooled ridge heads) runs between 1 and 2; ridge heads are then final and the job skips 2.
 3. final: the final global parameters go out once more; each site evaluates them on its validation split and
    returns the metrics and, with private heads and publishing on, its own heads (under `published.heads.`,
    which the private-head filter lets through on purpose: turn publishing off to keep heads on site).
@@ -50,6 +52,7 @@ from .aggregate import (Aggregator, Rejected, as_tensor, check_counts, check_mom
                         ServerOptimizer, check_update, clean_metrics)
 from .config import PUBLISHED, JobConfig
 from .resume import INIT_FILE, fit_init_state
+from .ridge import ridge_phase
 
 
 def _wire(params: dict) -> dict:
@@ -294,7 +297,7 @@ class FedtuneController(ModelController):
         out = self._out_dir()
         (out / "job.json").write_text(json.dumps(job.to_dict(), indent=2))
         torch.manual_seed(job.seed)
-        model = job.task().build_model(job.trunk_config(), job.assay_list() or None)
+        model = job.build_model()
         keys = travelling_keys(model, private_heads=job.private)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         summary = {"job": job.to_dict(), "status": "running", "last_round": 0, "rounds": [], "missing": {},
@@ -306,10 +309,14 @@ class FedtuneController(ModelController):
             self._progress({"event": "start", "rounds": job.rounds, "travelling_tensors": len(keys),
                             "bytes_down": _nbytes(global_params), "aggregator": job.aggregator})
             bounds, meta = self._count_phase(model, summary)
+            if job.head_type != "mlp":        # exact federated ridge heads (fedtune.fl.ridge)
+                heads = ridge_phase(self, model, meta, bounds, summary)
+                state.update(heads)
+                global_params.update({k: v for k, v in heads.items() if k in global_params})
             tasks = list(getattr(model, "tasks", []))
-            best = job.select_round == "best"
+            best = job.select_round == "best" and job.head_type != "ridge"
             candidates, losses = {}, {}      # select_round best: the best round so far and every round's loss
-            for rnd in range(1, job.rounds + 1):
+            for rnd in range(1, (0 if job.head_type == "ridge" else job.rounds) + 1):   # ridge heads: solved
                 if self.abort_signal.triggered:
                     return
                 previous = global_params

@@ -41,7 +41,7 @@ def load_job_result(result: str | Path):
 def export_bundle(result: str | Path, out: str | Path) -> Path:
     job, summary, state, site_heads = load_job_result(result)
     task = job.task()
-    model = task.build_model(job.trunk_config(), job.assay_list() or None, weights=False)
+    model = job.build_model(weights=False)
     model.load_state_dict(state, strict=True)
     stats = task.stats_from_dict(summary["stats"]) if task.needs_stats else None
     include_global = not job.private

@@ -79,6 +79,9 @@ class Task(ABC):
     default_mode: str                    # trunk mode when none is given
     train_defaults: dict                 # TrainConfig fields for this kind
     head_modes: tuple[str, ...] = ("shared",)   # what `--heads` may be; more than one: a comparison axis
+    head_types: tuple[str, ...] = ("mlp",)      # what `--head-type` may be (`models.heads.HEAD_TYPES`); a type
+                                                # other than mlp needs `new_model(..., head_type=)` and, for the
+                                                # ridge types, `set_linear_outputs`
     needs_stats: bool = False            # the targets are standardised with statistics fitted on training rows
     key_metric: str                      # the validation metric that says "better" (higher is better)
     key_metric_label: str                # its name in prose ("mean Pearson")
@@ -172,9 +175,19 @@ class Task(ABC):
     def new_model(self, trunk, assays=None):
         """This kind's model on `trunk` (the trunk mode is applied by `build_model`)."""
 
-    def build_model(self, trunk_cfg: TrunkConfig, assays=None, weights: bool = True):
-        """The model with a freshly loaded trunk and the trunk mode of `trunk_cfg` applied."""
-        return apply_trunk_mode(self.new_model(load_trunk(trunk_cfg, weights=weights), assays), trunk_cfg)
+    def build_model(self, trunk_cfg: TrunkConfig, assays=None, weights: bool = True, head_type: str = "mlp"):
+        """The model with a freshly loaded trunk and the trunk mode of `trunk_cfg` applied; `head_type` one of
+        `head_types`."""
+        if head_type not in self.head_types:
+            raise ValueError(f"a {self.name} model has no head type {head_type!r}; choose one of {self.head_types}")
+        extra = {} if head_type == "mlp" else {"head_type": head_type}
+        return apply_trunk_mode(self.new_model(load_trunk(trunk_cfg, weights=weights), assays, **extra), trunk_cfg)
+
+    def set_linear_outputs(self, model, weight, bias) -> None:
+        """Put a linear map of the pooled embeddings (weight [outputs, dim], bias [outputs], one row per column of
+        `outputs(model, emb)`) into the linear terms of the model's heads (head types ridge and ridge-mlp), so
+        that `outputs(model, emb)` is `emb @ weight.T + bias` for ridge heads (plus the MLP term for ridge-mlp)."""
+        raise NotImplementedError(f"{self.name} has no linear (ridge) heads")
 
     def train_config(self, mode: str, **overrides) -> "TrainConfig":
         """This kind's training defaults for a trunk mode, with `overrides` that are not None."""

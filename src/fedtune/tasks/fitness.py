@@ -19,7 +19,7 @@ from ..data.flab import (FITNESS_TASKS, Assay, FitnessData, load_assays, load_fl
 from ..data.split import split_fitness_sites
 from ..data.stats import AssayStats
 from ..data.synthetic import SYNTHETIC_ASSAYS, synthetic_fitness
-from ..models.heads import MLPHead
+from ..models.heads import HEAD_TYPES, make_head, set_linear
 from ..models.trunk import Trunk
 from .base import DemoDefaults, Task, fmt
 
@@ -42,12 +42,15 @@ class FitnessModel(nn.Module):
     """Trunk + one regression head per task, one output per assay of the task (oriented z-scores).
 
     Heavy and light chains are encoded separately, pooled, and concatenated ([B, 2H]). Heads live under
-    `heads.<FLAb task>.`."""
+    `heads.<FLAb task>.`; `head_type` (`models.heads.HEAD_TYPES`): MLP heads, linear heads holding a ridge
+    solution, or ridge + MLP (the MLP's output layer starts at zero)."""
 
     kind = "fitness"
 
-    def __init__(self, trunk: Trunk, assays: list[Assay], hidden=HIDDEN, dropout: float = 0.1):
+    def __init__(self, trunk: Trunk, assays: list[Assay], hidden=HIDDEN, dropout: float = 0.1,
+                 head_type: str = "mlp"):
         super().__init__()
+        self.head_type = head_type
         self.trunk = trunk
         self.assays = sort_assays(assays)   # the order of load_flab's label columns, whatever order was given
         self.tasks = ordered_tasks(self.assays)
@@ -57,8 +60,8 @@ class FitnessModel(nn.Module):
     def new_heads(self) -> nn.ModuleDict:
         """A fresh head set of this model's shapes (e.g. to hold another site's heads)."""
         dim = 2 * self.trunk.hidden_size
-        heads = nn.ModuleDict({t: MLPHead(dim, sum(a.task == t for a in self.assays), self.head_hidden,
-                                          self.dropout) for t in self.tasks})
+        heads = nn.ModuleDict({t: make_head(self.head_type, dim, sum(a.task == t for a in self.assays),
+                                            self.head_hidden, self.dropout) for t in self.tasks})
         return heads.to(next(self.trunk.parameters()).device)
 
     def tokenize(self, heavy: list[str], light: list[str]) -> dict[str, dict[str, torch.Tensor]]:
@@ -104,6 +107,7 @@ class Fitness(Task):
     default_mode = "frozen"
     train_defaults = dict(epochs=60, batch_size=32, lr=1e-5, patience=10)
     head_modes = ("shared", "private")
+    head_types = HEAD_TYPES
     needs_stats = True
     key_metric = "mean_pearson"
     key_metric_label = "mean Pearson"
@@ -144,10 +148,18 @@ class Fitness(Task):
         return AssayStats.from_dict(d)
 
     # ---- model
-    def new_model(self, trunk, assays=None) -> FitnessModel:
+    def new_model(self, trunk, assays=None, head_type: str = "mlp") -> FitnessModel:
         if not assays:
             raise ValueError("a fitness model needs its assay list")
-        return FitnessModel(trunk, assays)
+        return FitnessModel(trunk, assays, head_type=head_type)
+
+    def set_linear_outputs(self, model: FitnessModel, weight, bias) -> None:
+        # output column j is assay j; the heads hold the assays of their task in the same order
+        start = 0
+        for t in model.tasks:
+            k = sum(a.task == t for a in model.assays)
+            set_linear(model.heads[t], weight[start:start + k], bias[start:start + k])
+            start += k
 
     # ---- training (train/ imported here, not at module level: see base.py)
     @property
@@ -249,7 +261,8 @@ class Fitness(Task):
         return {"tasks": list(model.tasks), "assays": [a.to_dict() for a in model.assays]}
 
     def model_from_manifest(self, trunk, manifest: dict, hidden) -> FitnessModel:
-        return FitnessModel(trunk, [Assay.from_dict(a) for a in manifest["assays"]], hidden)
+        return FitnessModel(trunk, [Assay.from_dict(a) for a in manifest["assays"]], hidden,
+                            head_type=manifest["heads"].get("type", "mlp"))
 
     # ---- serving: an item is a (heavy, light) pair; `tasks` picks the heads to apply
     api_module = "fitness_api"

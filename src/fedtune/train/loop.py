@@ -125,6 +125,12 @@ class Trainer:
             self._cache[key] = emb
         return self._cache[key]
 
+    def embeddings(self, data) -> np.ndarray:
+        """Every row's pooled embedding, float64 numpy [N, dim] (trunk in eval mode, no gradient; cached per data
+        object as for frozen-trunk training): what ridge heads are solved on (`fedtune.train.ridge`)."""
+        emb = self._cached_embeddings(data)
+        return np.zeros((0, 0)) if emb is None else emb.double().cpu().numpy()
+
     def _outputs(self, data, idx: np.ndarray) -> torch.Tensor:
         if self.frozen:
             emb = self._cached_embeddings(data)[torch.as_tensor(idx, device=self.device)]
