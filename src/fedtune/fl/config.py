@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from ..models import TrunkConfig
 from ..tasks import get
 from ..train import TrainConfig
+from ..train.dp import DPConfig
 from .aggregate import Aggregator, ServerOptimizer
 
 HEADS_MODES = ("shared", "private")
@@ -40,6 +41,7 @@ class JobConfig:
     prox_mu: float = 0.0                       # FedProx: mu/2 ||w - w_global||^2 added to each site's loss
     personal_epochs: int = 0                   # > 0: after the rounds each site fine-tunes a copy of the final heads
                                                # on its own data (trunk frozen, early stopping on its validation)
+    dp: dict = field(default_factory=dict)     # differential privacy (train.dp.DPConfig); {}: off
 
     def __post_init__(self):
         task = get(self.kind)                      # UnknownKind (a ValueError) names the kinds there are
@@ -55,10 +57,29 @@ class JobConfig:
             raise ValueError(f"prox_mu must be a finite non-negative number: {self.prox_mu!r}")
         if not isinstance(self.personal_epochs, int) or self.personal_epochs < 0:
             raise ValueError(f"personal_epochs must be a non-negative integer: {self.personal_epochs!r}")
+        self.dp = self._check_dp()
         if self.min_stat_count < 1:
             raise ValueError(f"min_stat_count must be at least 1: {self.min_stat_count}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be at least 1: {self.keep_checkpoints}")
+
+    def _check_dp(self) -> dict:
+        """The DP settings, validated ({} when off): DP-SGD trains heads on a frozen trunk, and nothing may
+        train on the rows outside it (personalisation) or add to its gradients (FedProx)."""
+        cfg = DPConfig.from_dict(self.dp or {})
+        if not cfg.enabled:
+            return {}
+        if TrunkConfig.from_dict(self.trunk).mode != "frozen":
+            raise ValueError("differential privacy needs trunk mode 'frozen' (DP-SGD trains the heads only)")
+        if self.personal_epochs:
+            raise ValueError("differential privacy and personal_epochs: personalisation would train without DP")
+        if self.prox_mu:
+            raise ValueError("differential privacy and prox_mu: the proximal term is not part of DP-SGD")
+        return cfg.to_dict()
+
+    def dp_config(self) -> DPConfig | None:
+        """The job's DP settings, None when the job has no differential privacy."""
+        return DPConfig.from_dict(self.dp) if self.dp else None
 
     @classmethod
     def create(cls, kind: str, *, trunk: str | None = None, mode: str | None = None, max_length: int | None = None,
