@@ -167,10 +167,11 @@ def local_round_curves(summary: dict, key: str) -> dict[str, list]:
             for site in summary.get("sites", {})}
 
 
-def federated_run(fed, job, out: Path | None = None, sites: dict | None = None) -> dict:
+def federated_run(fed, job, out: Path | None = None, sites: dict | None = None, cross_site: bool = True) -> dict:
     """Run `job` on the live federation `fed`; returns its final per-site metrics, per-round curve, costs, the
     result folder (TensorBoard scalars per site and round under `<out>/tb/<job.name>/`) and, given the sites'
-    splits, the cross-site matrix of the sites' final models."""
+    splits, the membership-inference attack on the sites' final models and (`cross_site`) their cross-site
+    matrix."""
     import json
 
     from .fl.submit import find_fedtune_dir
@@ -194,13 +195,14 @@ def federated_run(fed, job, out: Path | None = None, sites: dict | None = None) 
             "costs": {"bytes_per_round": summary.get("bytes_per_round"),
                       "seconds_per_round": summary.get("seconds_per_round")},
             "result": str(result), "missing": summary.get("missing", {}),
-            "cross_site": federated_cross_site(fed, job, job_ids[0], summary, sites) if sites and job_ids else {},
+            "cross_site": (federated_cross_site(fed, job, job_ids[0], summary, sites)
+                           if sites and job_ids and cross_site else {}),
             # personalised heads (job.personal_epochs): each site's fine-tuned copy, scored on its test split once
             "personal": {s: v["personal_test"] for s, v in summary["sites"].items() if v.get("personal_test")},
             "personal_val": {s: v["personal_val"] for s, v in summary["sites"].items() if v.get("personal_val")},
             "personal_cross_site": (federated_cross_site(fed, job, job_ids[0], summary, sites,
                                                          "personal_model.safetensors")
-                                    if sites and job_ids and job.personal_epochs else {}),
+                                    if sites and job_ids and job.personal_epochs and cross_site else {}),
             "privacy": {"dp": job.dp, "sites": summary.get("privacy", {}), "refused": summary.get("refused", {}),
                         **({"membership": membership_attack(fed, job, job_ids[0], summary, sites)}
                            if sites and job_ids else {})}}
@@ -226,9 +228,9 @@ def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: b
                          f"trunk {first.trunk.get('source')} ({first.trunk.get('mode')}); federated: "
                          f"{first.rounds} rounds x {first.local_epochs} local epochs; local and pooled: "
                          f"{first.rounds * first.local_epochs} epochs with early stopping"]}
+    sites = load_sites(kind, site_dirs, first.assay_list() or None, seed=first.seed,
+                       val_fraction=first.val_fraction)
     if baselines:
-        sites = load_sites(kind, site_dirs, first.assay_list() or None, seed=first.seed,
-                           val_fraction=first.val_fraction)
         cfg = replace(first.train_config(), epochs=first.rounds * first.local_epochs)
         trunk_cfg = first.trunk_config()
         results["splits"] = {site: split.record() for site, split in sites.items()}   # which rows were scored
@@ -237,7 +239,7 @@ def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: b
         results["cross_site"] = {"local": local["cross_site"]}
     for job in jobs:
         log.info("federated: job %s", job.name)
-        run = federated_run(fed, job, out, sites if baselines else None)
+        run = federated_run(fed, job, out, sites, cross_site=baselines)
         results["runs"][job.name] = run["metrics"]
         results["val_runs"][job.name] = run["val"]
         results["curves"][job.name] = run["curve"]

@@ -109,3 +109,16 @@ def test_dp_training_learns_at_a_generous_epsilon_and_classification_works(tiny_
                         dp=plan(DPConfig(epsilon=8.0), len(tr), 16, 2))
     trainer.fit(tr, va)
     assert np.isfinite(trainer.evaluate(va)["loss"]) and trainer.dp_steps == 2 * round(len(tr) / 16)
+
+
+def test_an_empty_poisson_batch_still_takes_a_pure_noise_step(tiny_antibody_trunk):
+    """Poisson sampling can draw no row: the step still happens (the accountant counts it) and the gradient is
+    noise alone, std sigma * C / B."""
+    model, train, _, stats = _fitness(tiny_antibody_trunk)
+    dp = plan(DPConfig(noise_multiplier=3.0, max_grad_norm=0.5), len(train), 16, 1)
+    trainer = DPTrainer(model, TrainConfig(batch_size=16, progress=False), stats, dp=dp)
+    trainer._schedule(dp.steps_per_epoch)
+    trainer.train_step(train, np.array([], dtype=np.int64))
+    grads = torch.cat([p.grad.flatten() for p in model.heads.parameters()])
+    assert trainer.dp_steps == 1 and trainer.epsilon() > 0
+    assert grads.std().item() == pytest.approx(3.0 * 0.5 / 16, rel=0.08)
