@@ -111,6 +111,34 @@ def federated_cross_site(fed, job, job_id: str, summary: dict, sites: dict,
     return rows
 
 
+def membership_attack(fed, job, job_id: str, summary: dict, sites: dict) -> dict:
+    """The loss-threshold membership-inference attack (`fedtune.membership`) on each site's final model: its
+    training rows against its test rows, with the statistics the site trained with (its own under DP).
+    {"auc": AUC over every site's rows together, "sites": {site: that site's attack}}."""
+    from safetensors.torch import load_file
+
+    from .membership import attack_auc, row_losses
+
+    task = get(job.kind)
+    shared = task.stats_from_dict(summary.get("stats")) if task.needs_stats else None
+    per_site, members, others = {}, [], []
+    for site in summary.get("sites", {}):
+        found = list(fed.workdir.rglob(f"fedtune-runs/{job_id}/{site}/final_model.safetensors"))
+        if not found or site not in sites or not len(sites[site].test):
+            continue
+        split = sites[site]
+        stats = task.fit_stats(split.train) if (job.dp and task.needs_stats) else shared
+        model = task.build_model(job.trunk_config(), job.assay_list() or None)
+        model.load_state_dict(load_file(str(found[0])))
+        m, o = (row_losses(model, stats, job.train_config(), d) for d in (split.train, split.test))
+        per_site[site] = {"auc": attack_auc(m, o), "members": len(m), "nonmembers": len(o)}
+        members.append(m)
+        others.append(o)
+    import numpy as np
+    auc = attack_auc(np.concatenate(members), np.concatenate(others)) if members else None
+    return {"auc": auc, "sites": per_site}
+
+
 def run_pooled(kind: str, sites: dict, trunk_cfg: TrunkConfig, cfg: TrainConfig, out: Path | None = None) -> dict:
     """One model on the union of every site's training part, early stopping on the union of their validation
     parts, scored on each site's test part. Returns {"val": {site: metrics}, "test": {site: metrics}}."""
@@ -186,10 +214,11 @@ def local_round_curves(summary: dict, key: str) -> dict[str, list]:
             for site in summary.get("sites", {})}
 
 
-def federated_run(fed, job, out: Path | None = None, sites: dict | None = None) -> dict:
+def federated_run(fed, job, out: Path | None = None, sites: dict | None = None, cross_site: bool = True) -> dict:
     """Run `job` on the live federation `fed`; returns its final per-site metrics, per-round curve, costs, the
     result folder (TensorBoard scalars per site and round under `<out>/tb/<job.name>/`) and, given the sites'
-    splits, the cross-site matrix of the sites' final models."""
+    splits, the membership-inference attack on the sites' final models and (`cross_site`) their cross-site
+    matrix."""
     import json
 
     from .fl.submit import find_fedtune_dir
@@ -214,13 +243,17 @@ def federated_run(fed, job, out: Path | None = None, sites: dict | None = None) 
                       "seconds_per_round": summary.get("seconds_per_round")},
             "result": str(result), "missing": summary.get("missing", {}),
             "selected_round": summary.get("selected_round"),
-            "cross_site": federated_cross_site(fed, job, job_ids[0], summary, sites) if sites and job_ids else {},
+            "cross_site": (federated_cross_site(fed, job, job_ids[0], summary, sites)
+                           if sites and job_ids and cross_site else {}),
             # personalised heads (job.personal_epochs): each site's fine-tuned copy, scored on its test split once
             "personal": {s: v["personal_test"] for s, v in summary["sites"].items() if v.get("personal_test")},
             "personal_val": {s: v["personal_val"] for s, v in summary["sites"].items() if v.get("personal_val")},
             "personal_cross_site": (federated_cross_site(fed, job, job_ids[0], summary, sites,
                                                          "personal_model.safetensors")
-                                    if sites and job_ids and job.personal_epochs else {})}
+                                    if sites and job_ids and job.personal_epochs and cross_site else {}),
+            "privacy": {"dp": job.dp, "sites": summary.get("privacy", {}), "refused": summary.get("refused", {}),
+                        **({"membership": membership_attack(fed, job, job_ids[0], summary, sites)}
+                           if sites and job_ids else {})}}
 
 
 def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: bool = True) -> dict:
@@ -243,9 +276,9 @@ def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: b
                          f"trunk {first.trunk.get('source')} ({first.trunk.get('mode')}); federated: "
                          f"{first.rounds} rounds x {first.local_epochs} local epochs; local and pooled: "
                          f"{first.rounds * first.local_epochs} epochs with early stopping"]}
+    sites = load_sites(kind, site_dirs, first.assay_list() or None, seed=first.seed,
+                       val_fraction=first.val_fraction)
     if baselines:
-        sites = load_sites(kind, site_dirs, first.assay_list() or None, seed=first.seed,
-                           val_fraction=first.val_fraction)
         # the sites' config has no progress bars (their logs); here a person watches the baselines train
         cfg = replace(first.train_config(), epochs=first.rounds * first.local_epochs, progress=True)
         trunk_cfg = first.trunk_config()
@@ -255,7 +288,7 @@ def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: b
         results["cross_site"] = {"local": local["cross_site"]}
     for job in jobs:
         log.info("federated: job %s", job.name)
-        run = federated_run(fed, job, out, sites if baselines else None)
+        run = federated_run(fed, job, out, sites, cross_site=baselines)
         results["runs"][job.name] = run["metrics"]
         results["val_runs"][job.name] = run["val"]
         results["curves"][job.name] = run["curve"]
@@ -269,6 +302,9 @@ def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: b
             results["runs"][name], results["val_runs"][name] = run["personal"], run["personal_val"]
             if run["personal_cross_site"]:
                 results.setdefault("cross_site", {})[name] = run["personal_cross_site"]
+        results.setdefault("privacy", {})[job.name] = run["privacy"]
+        for site, why in run["privacy"]["refused"].items():
+            results["notes"].append(f"{job.name}: {site} refused the job: {why}")
         if run["missing"]:
             results["notes"].append(f"{job.name}: sites missing in some rounds: {run['missing']}")
         if run["selected_round"]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .privacy_report import plot_privacy, privacy_lines
 from .tasks import get
 from .tasks.base import fmt
 from .train.bootstrap import mean_interval, metric_at
@@ -134,6 +135,7 @@ def markdown(results: dict, plots: list[str]) -> str:
     lines += get(kind).report_tables(results, runs, [_title(r) for r in runs], summ)
     lines += interval_table(results)
     lines += cross_site_tables(results)
+    lines += privacy_lines(results)
     costs = results.get("costs") or {}
     if costs:
         lines += ["", "## Communication and time", "", "| run | bytes sent per site per round | seconds per round |",
@@ -197,7 +199,7 @@ def plot(results: dict, out: Path) -> list[str]:
         fig.savefig(out / "rounds.png", dpi=120)
         plt.close(fig)
         names.append("rounds.png")
-    return names + plot_cross_site(results, out, plt)
+    return names + plot_cross_site(results, out, plt) + plot_privacy(results, out, plt)
 
 
 # ---- over split seeds (`fedtune compare --seeds 0,1,2`) ------------------------------------------------------

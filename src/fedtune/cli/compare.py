@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
+from .fl import dp_settings
 from .local import KINDS_HELP, Kind, Mode, fail
 
 
@@ -50,6 +51,12 @@ def compare_cmd(
              "and OUT/report.md gives the mean and spread over seeds (replaces --seed)")] = None,
     workdir: Annotated[Optional[Path], typer.Option(help="federation workspace (kits, logs, job results); "
                                                          "default OUT/federation")] = None,
+    dp_epsilon: Annotated[Optional[list[float]], typer.Option(
+        help="also run FedAvg with differential privacy (DP-SGD on the heads, trunk mode frozen) at this target "
+             "epsilon per site over the whole job; repeat for a sweep (e.g. 1, 4, 16): the report adds utility "
+             "vs epsilon and a membership-inference attack")] = None,
+    dp_delta: Annotated[float, typer.Option(help="DP: delta")] = 1e-5,
+    dp_max_grad_norm: Annotated[float, typer.Option(help="DP: per-row gradient clipping norm")] = 1.0,
 ):
     """Train each site alone, federated (real NVFlare federation on loopback, mTLS) and on pooled data;
     write a Markdown report with plots. Several --trunk-mode values compare modes (bytes and time per round)."""
@@ -96,6 +103,13 @@ def compare_cmd(
                                                  select_round=select_round if h != "private" else "last"))
                 except ValueError as exc:
                     fail(str(exc))
+        for eps in dp_epsilon or []:     # the same FedAvg job (first mode and head mode) with DP at each epsilon
+            try:
+                jobs.append(JobConfig.from_dict({**jobs[0].to_dict(), "name": f"fedavg-dp{eps:g}",
+                                                 "personal_epochs": 0,
+                                                 "dp": dp_settings(eps, 0.0, dp_delta, dp_max_grad_norm)}))
+            except ValueError as exc:
+                fail(f"--dp-epsilon {eps:g}: {exc}")
         return jobs
 
     plan = {s: jobs_for(s) for s in seed_list}      # every job checked before anything runs

@@ -183,6 +183,11 @@ def submit(
                                                        "rounds")] = 3,
     init_from: Annotated[Optional[Path], typer.Option(help="start from these weights: a job result (also a "
                                                            "failed one), a round checkpoint or a bundle")] = None,
+    dp_epsilon: Annotated[float, typer.Option(help="differential privacy (DP-SGD on the heads, trunk mode frozen): "
+                                                   "target epsilon over the whole job at each site; 0: off")] = 0.0,
+    dp_noise: Annotated[float, typer.Option(help="DP: noise multiplier instead of a target epsilon")] = 0.0,
+    dp_delta: Annotated[float, typer.Option(help="DP: delta")] = 1e-5,
+    dp_max_grad_norm: Annotated[float, typer.Option(help="DP: each row's gradient is clipped to this L2 norm")] = 1.0,
 ):
     """Build a FedAvg job, submit it over the admin channel (mTLS), show progress per round, wait, download."""
     from fedtune.fl.config import JobConfig
@@ -206,7 +211,8 @@ def submit(
                                server_opt=server_opt, server_lr=server_lr, prox_mu=prox_mu,
                                min_sites=min_sites, grace=grace,
                                round_timeout=round_timeout, aggregator=aggregator, trim=trim,
-                               min_stat_count=min_stat_count, keep_checkpoints=keep_checkpoints)
+                               min_stat_count=min_stat_count, keep_checkpoints=keep_checkpoints,
+                               dp=dp_settings(dp_epsilon, dp_noise, dp_delta, dp_max_grad_norm))
         job_dir = build_job_from(job, out / "jobs", init_from)    # refuses an unsafe name before it touches the disk
     except (ValueError, FileNotFoundError, BundleError) as exc:
         fail(str(exc))
@@ -227,6 +233,7 @@ def submit(
         if progress:
             progress.failed()
         if getattr(exc, "result", None):
+            echo_privacy(exc.result)
             typer.echo(f"partial result: {exc.result} (`fedtune export --result {exc.result}` exports its last "
                        f"complete round; `--init-from {exc.result}` resumes from it)")
         fail(str(exc))
@@ -236,6 +243,28 @@ def submit(
     summary = json.loads((next(result.rglob("summary.json"))).read_text())
     for site, s in sorted(summary["sites"].items()):
         typer.echo(f"  {site}: final validation {task.headline(s.get('final_val') or {})}")
+    echo_privacy(result)
+
+
+def dp_settings(epsilon: float, noise: float, delta: float, max_grad_norm: float) -> dict:
+    """A job's `dp` field from the CLI flags ({} when both epsilon and noise are 0: no DP)."""
+    if not (epsilon or noise):
+        return {}
+    return {"epsilon": epsilon, "noise_multiplier": noise, "delta": delta, "max_grad_norm": max_grad_norm}
+
+
+def echo_privacy(result: Path) -> None:
+    """The sites that refused the job (their policy's reason) and the epsilon each site spent."""
+    found = next(Path(result).rglob("summary.json"), None) if Path(result).exists() else None
+    if found is None:
+        return
+    summary = json.loads(found.read_text())
+    for site, why in sorted((summary.get("refused") or {}).items()):
+        typer.echo(f"  {site} refused the job: {why}")
+    for site, dp in sorted((summary.get("privacy") or {}).items()):
+        typer.echo(f"  {site}: differential privacy epsilon {dp.get('epsilon', float('nan')):.3g} "
+                   f"(delta {dp.get('delta')}, noise {dp.get('noise_multiplier', 0):.3g}, "
+                   f"clip {dp.get('max_grad_norm')}, {dp.get('steps', dp.get('max_steps'))} steps)")
 
 
 @app.command()

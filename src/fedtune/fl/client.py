@@ -44,6 +44,7 @@ from ..train.bootstrap import score_test
 from ..train.ddp import DistContext, set_dropout
 from .config import PUBLISHED, JobConfig
 from .ridge import SITE_PHASES as RIDGE_PHASES
+from .privacy import SitePrivacy
 
 log = logging.getLogger("fedtune.client")
 TAMPER = "FEDTUNE_TEST_TAMPER"   # test-only misbehaviour of one site, see `tamper`
@@ -83,7 +84,9 @@ class SiteRunner:
             set_dropout(self.model, job.train["dropout"])
         self.keys = travelling_keys(self.model, private_heads=job.private)
         self.run_dir = run_dir
+        self.job_id = run_dir.name
         self._trainer_cls = DDPTrainer if self.dist.enabled else Trainer
+        self.privacy = SitePrivacy(job, len(self.train), distributed=self.dist.enabled)
         self.trainer = None
         if self.dist.is_main:
             log.info("%s: %d training / %d validation samples from %s%s", site, len(self.train), len(self.val),
@@ -93,8 +96,16 @@ class SiteRunner:
         if self.trainer is None:
             from torch.utils.tensorboard import SummaryWriter
             stats = self.task.stats_from_dict(meta["stats"]) if self.task.needs_stats else None
+            if self.task.needs_stats and self.privacy.plan is not None:   # DP: this site's own, never sent
+                stats = self.task.fit_stats(self.train)
             writer = SummaryWriter(str(self.run_dir / "tb" / self.site)) if self.dist.is_main else None
             extra = {"dist": self.dist} if self.dist.enabled else {}
+            if self.privacy.plan is not None:
+                from ..train.dp import DPTrainer
+                self.trainer = DPTrainer(self.model, self.job.train_config(), stats, dp=self.privacy.plan,
+                                         writer=writer, total_epochs=self.job.rounds * self.job.local_epochs,
+                                         tag=f"{self.site}/")
+                return self.trainer
             self.trainer = self._trainer_cls(self.model, self.job.train_config(), stats, writer=writer,
                                              total_epochs=self.job.rounds * self.job.local_epochs,
                                              tag=f"{self.site}/", **extra)
@@ -120,9 +131,11 @@ class SiteRunner:
         `min_stat_count` labelled rows here (fewer would come close to revealing single measurements; those go
         out as zeros)."""
         meta = {**self.task.count_rows(self.train), "digest": self.train.digest()}
+        if self.privacy.plan is not None:
+            meta["dp"] = self.privacy.plan.to_dict()     # planned; the labels' moments stay here (see fl.privacy)
         if self.task.needs_stats:
             n, s, ss = self.task.label_moments(self.train)
-            shared = n >= self.job.min_stat_count
+            shared = (n >= self.job.min_stat_count) & (self.privacy.plan is None)
             meta["moments"] = [np.where(shared, v, 0.0).tolist() for v in (n, s, ss)]
         return {}, {}, meta
 
@@ -147,7 +160,8 @@ class SiteRunner:
             if os.environ.get("FEDTUNE_SAVE_UPDATES", "") not in ("", "0"):
                 self.save_update(out, meta.get("round"))
         meta_out = {**self.task.count_rows(self.train), "summary": summary,
-                    "NUM_STEPS_CURRENT_ROUND": steps}
+                    "NUM_STEPS_CURRENT_ROUND": steps,
+                    **self.privacy.after_round(trainer, os.environ.get("FEDTUNE_KIT"), self.job_id)}
         if self.dist.is_main and os.environ.get(TAMPER):
             out = tamper(os.environ[TAMPER], self.site, out, meta_out, params)
         return out, flat_metrics(final), meta_out
@@ -202,7 +216,7 @@ class SiteRunner:
             if self.job.publish_heads:     # the personalised heads replace what this site publishes
                 out = self.published_heads()
         return out, flat_metrics(final), {**self.task.count_rows(self.train), "n_val": len(self.val),
-                                          "final_val": final, **scored}
+                                          "final_val": final, **scored, **self.privacy.report(trainer)}
 
     def personalise(self) -> dict:
         """Fine-tune this site's copy of the final heads on its own training rows (trunk frozen; early stopping
@@ -306,7 +320,11 @@ def _serve(dist: DistContext) -> None:
         phase = meta.get("phase", "train")
         meta["round"] = task["round"]
         params = (msg.params or {}) if msg is not None else {}
-        if phase == "stats":
+        refused = runner.privacy.admit(os.environ.get("FEDTUNE_KIT"), job_id, phase)
+        if refused:
+            params, metrics, out_meta = {}, {}, {"refused": refused}
+            log.error("%s: refusing the %s task of job %s: %s", site, phase, job_id, refused)
+        elif phase == "stats":
             params, metrics, out_meta = runner.stats()
         elif phase == "final":
             params, metrics, out_meta = runner.final(params, meta, task["keys"])

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from ..models import TrunkConfig
 from ..tasks import get
 from ..train import TrainConfig
+from ..train.dp import DPConfig
 from .aggregate import Aggregator, ServerOptimizer
 
 HEADS_MODES = ("shared", "private")
@@ -47,6 +48,7 @@ class JobConfig:
                                                # initial model) with the lowest mean validation loss over sites
     head_type: str = "mlp"                     # mlp | ridge (exact federated ridge, no training rounds) | ridge-mlp
                                                # (MLP heads initialised from the ridge): see fedtune.fl.ridge
+    dp: dict = field(default_factory=dict)     # differential privacy (train.dp.DPConfig); {}: off
 
     def __post_init__(self):
         task = get(self.kind)                      # UnknownKind (a ValueError) names the kinds there are
@@ -74,10 +76,32 @@ class JobConfig:
         if self.head_type == "ridge" and self.trunk.get("mode", task.default_mode) != "frozen":
             raise ValueError("ridge heads are solved on a frozen trunk's embeddings: use trunk mode frozen "
                              "(or head type ridge-mlp to train on from the ridge)")
+        self.dp = self._check_dp()
         if self.min_stat_count < 1:
             raise ValueError(f"min_stat_count must be at least 1: {self.min_stat_count}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be at least 1: {self.keep_checkpoints}")
+
+    def _check_dp(self) -> dict:
+        """The DP settings, validated ({} when off): DP-SGD trains heads on a frozen trunk, and nothing may
+        train on the rows outside it (personalisation) or add to its gradients (FedProx)."""
+        cfg = DPConfig.from_dict(self.dp or {})
+        if not cfg.enabled:
+            return {}
+        if TrunkConfig.from_dict(self.trunk).mode != "frozen":
+            raise ValueError("differential privacy needs trunk mode 'frozen' (DP-SGD trains the heads only)")
+        if self.personal_epochs:
+            raise ValueError("differential privacy and personal_epochs: personalisation would train without DP")
+        if self.prox_mu:
+            raise ValueError("differential privacy and prox_mu: the proximal term is not part of DP-SGD")
+        if self.head_type != "mlp":
+            raise ValueError(f"differential privacy and head type {self.head_type}: the ridge phase sends exact "
+                             "sums over the training rows, which DP-SGD does not cover")
+        return cfg.to_dict()
+
+    def dp_config(self) -> DPConfig | None:
+        """The job's DP settings, None when the job has no differential privacy."""
+        return DPConfig.from_dict(self.dp) if self.dp else None
 
     @classmethod
     def create(cls, kind: str, *, trunk: str | None = None, mode: str | None = None, max_length: int | None = None,

@@ -144,6 +144,13 @@ class FedtuneController(ModelController):
         good, bad = {}, {}
         for r in results:
             site = str(r.meta.get("client_name", "?"))
+            if r.meta.get("refused"):      # the site's own policy refused the job or this round
+                why = str(r.meta["refused"])[:400]
+                bad[site] = f"refused by the site: {why}"
+                summary["refused"].setdefault(site, why)
+                self.warning(f"fedtune: {phase} round {rnd}: {site} refused: {why}")
+                continue
+            self._privacy(site, r, summary)
             try:
                 good[site] = check(site, r)
             except Exception as exc:   # whatever a site sends must not crash the server
@@ -156,6 +163,12 @@ class FedtuneController(ModelController):
             raise RuntimeError(f"{phase} round {rnd}: only {len(good)} usable answer(s) ({sorted(good)}); "
                                f"rejected {bad}; min_sites={self.job.min_sites}")
         return good, bad
+
+    def _privacy(self, site: str, r: FLModel, summary: dict) -> None:
+        """The DP guarantee a site reports (planned in the stats phase, spent so far after every round)."""
+        dp = r.meta.get("dp")
+        if isinstance(dp, dict):
+            summary["privacy"][site] = _metrics(dp)
 
     # ---- state on disk ---------------------------------------------------------------------------------
     def _init_state(self, state: dict, keys: list[str]) -> bool:
@@ -301,7 +314,7 @@ class FedtuneController(ModelController):
         keys = travelling_keys(model, private_heads=job.private)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         summary = {"job": job.to_dict(), "status": "running", "last_round": 0, "rounds": [], "missing": {},
-                   "rejected": {}, "sites": {}, "bytes_per_round": 0}
+                   "rejected": {}, "sites": {}, "bytes_per_round": 0, "refused": {}, "privacy": {}}
         try:
             if self._init_state(state, keys):
                 summary["init_from"] = job.init_from or "weights shipped with the job"

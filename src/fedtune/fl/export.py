@@ -64,6 +64,8 @@ def export_bundle(result: str | Path, out: str | Path) -> Path:
         provenance["init_from"] = summary["init_from"]
     if complete and summary.get("selected_round"):      # select_round best: which round's model this is
         provenance["selected_round"] = summary["selected_round"]
+    if job.dp or summary.get("refused"):
+        provenance["privacy"] = privacy_card(job, summary)
     if not complete:
         provenance["partial"] = (f"the job ended {summary.get('status')} ({summary.get('error', 'no error recorded')}); "
                                  f"exported from its last complete round, {summary['last_round']} of {job.rounds}, "
@@ -76,3 +78,15 @@ def export_bundle(result: str | Path, out: str | Path) -> Path:
                        site_heads=site_heads if (job.private or job.personal_epochs) else None,
                        heads_mode=job.heads,
                        sites=sites, metrics=metrics, provenance=provenance)
+
+
+def privacy_card(job, summary: dict) -> dict:
+    """The model card's privacy section: the job's DP settings, the epsilon each site spent (its own
+    accountant's figure, as it reported it) and the sites whose policy refused the job."""
+    card = {"differential_privacy": bool(job.dp), "refused": summary.get("refused", {})}
+    if job.dp:
+        card.update(settings=job.dp, epsilon_per_site={s: p.get("epsilon") for s, p in summary.get("privacy", {}).items()},
+                    per_site=summary.get("privacy", {}),
+                    scope="DP-SGD on the heads (frozen trunk), per training row (add/remove), over every round; "
+                          "label moments were not shared (each site standardised its targets itself)")
+    return card

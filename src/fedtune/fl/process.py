@@ -141,7 +141,8 @@ def run_client(kit: Path, site: str | None, data: Path | None, startup_deadline:
     """Run the site's NVFlare client. Every job's training script runs as a child of it (Client API,
     external process, see fedtune.fl.launch) and learns the site's settings from the environment:
     FEDTUNE_DATA (the data folder), FEDTUNE_GPUS (processes per job: --gpus, default from the environment or
-    1), FEDTUNE_RUNS (per-job outputs: <kit>/fedtune-runs unless set)."""
+    1), FEDTUNE_RUNS (per-job outputs: <kit>/fedtune-runs unless set), FEDTUNE_KIT (the kit: its
+    local/fedtune-privacy.json policy, see fedtune.fl.policy)."""
     kit = check_kit(kit, "client")
     kit_site = site_of_kit(kit)
     if site and site != kit_site:
@@ -153,6 +154,7 @@ def run_client(kit: Path, site: str | None, data: Path | None, startup_deadline:
             raise StartupError(f"data folder {data} does not exist")
         env["FEDTUNE_DATA"] = str(data)     # the training script (a child of this process) reads it
     env["FEDTUNE_SITE"] = kit_site
+    env["FEDTUNE_KIT"] = str(kit)        # the site's own settings outside any job (its privacy policy)
     if gpus is None:
         try:
             gpus = int(env.get("FEDTUNE_GPUS") or 1)

@@ -1,0 +1,43 @@
+"""`fedtune site-policy`: a site admin writes (or shows) the site's privacy policy in its own kit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app
+from .local import fail
+
+
+@app.command("site-policy")
+def site_policy(
+    kit: Annotated[Path, typer.Option(help="this site's startup kit folder (the policy goes to "
+                                           "KIT/local/fedtune-privacy.json, outside any job)")],
+    require_dp: Annotated[bool, typer.Option(help="refuse every job without differential privacy")] = True,
+    max_epsilon: Annotated[Optional[float], typer.Option(help="the most epsilon one job may spend here")] = None,
+    max_delta: Annotated[Optional[float], typer.Option(help="the largest delta a job may use")] = None,
+    min_noise_multiplier: Annotated[float, typer.Option(help="the least noise multiplier a job may use")] = 0.0,
+    max_grad_norm: Annotated[Optional[float], typer.Option(help="the widest per-row clipping norm a job may use")] = None,
+    total_epsilon: Annotated[Optional[float], typer.Option(help="the most all jobs together may spend here "
+                                                                "(their epsilons add up)")] = None,
+    show: Annotated[bool, typer.Option(help="only print the current policy and what jobs spent")] = False,
+):
+    """Write this site's privacy policy (mode 0644), read by the site's client at every job start: a job asking
+    for less is refused by this site, with the reason in the job's summary. Takes effect for the next job."""
+    from fedtune.fl.policy import PolicyError, SitePolicy, read_policy, spent, write_policy
+
+    try:
+        if show:
+            policy = read_policy(kit)
+            typer.echo(json.dumps({"policy": policy.to_dict() if policy else None, "spent": spent(kit)}, indent=2))
+            return
+        path = write_policy(kit, SitePolicy(require_dp=require_dp, max_epsilon=max_epsilon, max_delta=max_delta,
+                                            min_noise_multiplier=min_noise_multiplier, max_grad_norm=max_grad_norm,
+                                            total_epsilon=total_epsilon))
+    except (PolicyError, OSError) as exc:
+        fail(str(exc))
+    typer.echo(f"privacy policy written to {path}")
+    typer.echo(path.read_text().rstrip())
