@@ -5,7 +5,11 @@ default of 5 it leaves thin assays on site) and each site alone. Penalties are c
 number is the mean over sites of the test-split mean Pearson (each site's test split, scored once).
 
     fedtune prepare-data fitness --source /work/shared/data/flab --sites 6 --alpha 1 --out /tmp/ridge-flab
-    python benchmarks/ridge_flab.py --data /tmp/ridge-flab --seed 0
+    python benchmarks/ridge_flab.py --data /tmp/ridge-flab --seed 0 --out benchmarks/results/ridge_flab-cpu-seed0.json
+
+Seed 0 here (AntiBERTy frozen, 6 sites, alpha 1; 5 to 17 test antibodies per site): pooled ridge 0.672, the
+federated ridge 0.672 (largest relative difference of a solution to the pooled one 7e-12), with the minimum-count
+rule of 5: 0.671, each site alone: 0.399.
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ def run_pooled(kind: str, sites: dict, trunk_cfg: TrunkConfig, cfg: TrainConfig,
     return {"val": val, "test": test}
 
 
-def run_ridge(kind: str, sites: dict, job, out: Path | None = None) -> dict:
+def run_ridge(kind: str, sites: dict, job) -> dict:
     """Ridge heads on the job's frozen trunk, without a federation: `local`, each site solves from its own
     training rows (its own target statistics, penalty on its own validation split) and `pooled`, one solve on the
     union of every site's training rows (penalty on the union of their validation splits). Scored on each site's
@@ -316,7 +316,7 @@ def compare(fed, site_dirs: dict[str, Path], jobs: list, out: Path, baselines: b
         results["runs"]["pooled"], results["val_runs"]["pooled"] = pooled["test"], pooled["val"]
         ridge_job = next((j for j in jobs if j.head_type != "mlp"), None)
         if ridge_job is not None:      # ridge heads alone and pooled, beside the federated ridge
-            for name, run in run_ridge(kind, sites, ridge_job, out).items():
+            for name, run in run_ridge(kind, sites, ridge_job).items():
                 results["runs"][f"{name}-ridge"], results["val_runs"][f"{name}-ridge"] = run["test"], run["val"]
     write_report(results, out)
     return results

@@ -248,8 +248,8 @@ class SiteRunner:
 def tamper(spec: str, site: str, update: dict, meta: dict, received: dict) -> dict:
     """Test-only: make this site misbehave as a poisoned or broken site would, over the real federation.
     `spec` = "<site>:<how>[;<site>:<how>...]" with how = scale=<f> (the site's change to the global model
-    times f), nan, shape (one tensor one row short) or n_train=<value> (a false row count). Other sites are
-    untouched."""
+    times f), nan, shape (one tensor one row short), n_train=<value> (a false row count) or asym (ridge sums
+    with a non-symmetric Gram matrix). Other sites are untouched."""
     hows = [h for t, _, h in (part.partition(":") for part in spec.split(";")) if t.strip() == site]
     if not hows:
         return update
@@ -267,6 +267,10 @@ def tamper(spec: str, site: str, update: dict, meta: dict, received: dict) -> di
         update[key] = update[key][:-1].clone()
     elif how.startswith("n_train="):
         meta["n_train"] = float(how.split("=", 1)[1])
+    elif how == "asym" and "ridge.gram" in update:      # ridge sums whose Gram matrices are not symmetric
+        gram = np.array(update["ridge.gram"])
+        gram[..., 0, 1] += 1.0
+        update["ridge.gram"] = gram
     return update
 
 
@@ -332,6 +336,8 @@ def _serve(dist: DistContext) -> None:
             params, metrics, out_meta = runner.validate(params, meta, task["keys"])
         elif phase in RIDGE_PHASES:     # exact federated ridge heads: sums, then validation errors
             params, metrics, out_meta = RIDGE_PHASES[phase](runner, params, meta)
+            if dist.is_main and os.environ.get(TAMPER) and "ridge.gram" in params:
+                params = tamper(os.environ[TAMPER], site, params, out_meta, {})
         else:
             params, metrics, out_meta = runner.train_round(params, meta, task["keys"])
         if not dist.is_main:
