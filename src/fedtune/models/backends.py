@@ -73,8 +73,12 @@ class OrtEncoder(_Wrapped):
 
 
 def _onnx_int8(encoder: nn.Module, vocab_size: int) -> nn.Module:
-    import onnxruntime as ort
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    try:
+        import onnxruntime as ort
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as exc:
+        raise BackendError(f"backend 'onnx-int8' needs ONNX Runtime: pip install 'fedtune[onnx]' ({exc})") from None
 
     class _Plain(nn.Module):         # tensors in, the last hidden state out (what the exporter traces)
         def __init__(self, enc):
