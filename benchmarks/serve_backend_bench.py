@@ -9,7 +9,7 @@ p50 / p99 latency over every request, and the ratios fp32 -> backend and HTTP ->
 
     python benchmarks/serve_backend_bench.py --trunk antiberty --backend onnx-int8 --antibodies 32 --rounds 2
 
-Results go to `<out>/serve_backend_bench-cpu.json`.
+Results go to `<out>/serve_backend_bench-<tag>.json` (`--tag`, default cpu).
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ def main() -> None:
     p.add_argument("--per-request", type=int, default=8)
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--tag", default="cpu", help="results file: serve_backend_bench-<tag>.json")
     args = p.parse_args()
     heavy, light = chains(args.antibodies, seed=1)
     k = args.per_request
@@ -173,7 +174,7 @@ def main() -> None:
                                                                            answers[(fast, "http")]) for n in a),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / "serve_backend_bench-cpu.json"
+    out = args.out / f"serve_backend_bench-{args.tag}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("speedup_backend_vs_fp32", "speedup_grpc_vs_http",
                                              "pearson_backend_vs_fp32", "grpc_equals_http")}))
