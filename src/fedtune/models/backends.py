@@ -95,7 +95,7 @@ def _onnx_int8(encoder: nn.Module, vocab_size: int) -> nn.Module:
         fp32, int8 = Path(tmp) / "encoder.onnx", Path(tmp) / "encoder-int8.onnx"
         batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("seq", min=2, max=4096)
         torch.onnx.export(_Plain(encoder).eval(), (ids, mask), str(fp32), input_names=["input_ids", "attention_mask"],
-                          output_names=["last_hidden_state"], dynamo=True, external_data=False,
+                          output_names=["last_hidden_state"], dynamo=True, external_data=False, verbose=False,
                           dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
         quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
         opts = ort.SessionOptions()
