@@ -17,6 +17,10 @@ def serve_cmd(
     host: Annotated[Optional[str], typer.Option(help="bind address [FEDTUNE_HOST, 127.0.0.1]")] = None,
     port: Annotated[Optional[int], typer.Option(help="port [FEDTUNE_PORT, 8000]")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N [FEDTUNE_DEVICE]")] = None,
+    backend: Annotated[Optional[str], typer.Option(
+        help="trunk backend on CPU: fp32 | bf16 | int8 | onnx-int8 (docs/serve.md) [FEDTUNE_BACKEND, fp32]")] = None,
+    grpc_port: Annotated[Optional[int], typer.Option(
+        help="also serve the Open Inference Protocol over gRPC on this port [FEDTUNE_GRPC_PORT, off]")] = None,
     api_key: Annotated[Optional[str], typer.Option(
         help="require this key on /v1 and /v2 infer [FEDTUNE_API_KEY; prefer the env var]")] = None,
     max_batch: Annotated[Optional[int], typer.Option(help="items per micro-batch [FEDTUNE_MAX_BATCH, 64]")] = None,
@@ -30,7 +34,8 @@ def serve_cmd(
         "--metrics-auth/--no-metrics-auth", help="require the API key on /metrics [FEDTUNE_METRICS_AUTH]")] = None,
     log_level: Annotated[Optional[str], typer.Option(help="uvicorn log level [FEDTUNE_LOG_LEVEL, info]")] = None,
 ):
-    """Serve bundles over HTTP: /v1 (JSON), /v2 (KServe Open Inference Protocol), /metrics (Prometheus).
+    """Serve bundles over HTTP: /v1 (JSON), /v2 (KServe Open Inference Protocol), /metrics (Prometheus); with
+    --grpc-port, the Open Inference Protocol over gRPC too.
     SIGHUP or POST /v1/admin/reload re-reads the bundles without dropping a request."""
     import signal
     early_sighup: list[int] = []
@@ -44,7 +49,7 @@ def serve_cmd(
     from fedtune.serve.settings import ServeSettings
 
     overrides = {"bundles": [str(b) for b in bundle] if bundle else None, "host": host, "port": port,
-                 "device": device, "api_key": api_key, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+                 "device": device, "backend": backend, "grpc_port": grpc_port, "api_key": api_key, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                  "max_items": max_items, "max_body_bytes": max_body_bytes, "max_length": max_length,
                  "metrics_auth": metrics_auth, "log_level": log_level}
     try:
@@ -74,5 +79,6 @@ def serve_cmd(
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2)
     typer.echo(f"serving {', '.join(f'{n} ({m.version}) from {m.path}' for n, m in registry.models.items())} "
-               f"on http://{settings.host}:{settings.port}")
+               f"on http://{settings.host}:{settings.port}"
+               + (f" and grpc://{settings.host}:{settings.grpc_port}" if settings.grpc_port is not None else ""))
     run_server(settings, registry)

@@ -85,6 +85,10 @@ def create_app(settings: ServeSettings | None = None, registry: Registry | None 
         else:
             metrics.set_models(registry.models)
         app.state.loaded = True
+        grpc_server = None
+        if settings.grpc_port is not None:
+            from .grpc_oip import start_grpc
+            grpc_server, app.state.grpc_port = await start_grpc(registry, settings, metrics)
         if registry.sighup_pending:
             registry.sighup_pending = False
             app.state.on_sighup()
@@ -94,12 +98,15 @@ def create_app(settings: ServeSettings | None = None, registry: Registry | None 
             if app.state.sighup:
                 with contextlib.suppress(Exception):
                     asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
             registry.close()
 
     app = FastAPI(title="fedtune inference", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings, app.state.registry, app.state.metrics = settings, registry, metrics
     app.state.reload_tasks = set()
     app.state.sighup = app.state.loaded = False
+    app.state.grpc_port = None
     install_handlers(app)
     app.include_router(v1_router)
     app.include_router(v2_router)

@@ -15,10 +15,14 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="the service's API key (or, on /v1/admin, the admin key)")
 
 
+def key_matches(expected: str, given: list[str | None]) -> bool:
+    """Whether one of the keys a client sent is `expected` (constant-time per key)."""
+    return any(secrets.compare_digest(k.encode("utf-8", "replace"), expected.encode()) for k in given if k)
+
+
 def check_key(expected: str, creds: HTTPAuthorizationCredentials | None, header_key: str | None,
               what: str = "API key") -> None:
-    given = [k for k in (creds.credentials if creds else None, header_key) if k]
-    if not any(secrets.compare_digest(k.encode("utf-8", "replace"), expected.encode()) for k in given):
+    if not key_matches(expected, [creds.credentials if creds else None, header_key]):
         raise ApiError(401, "unauthorized", f"missing or wrong {what} (send 'Authorization: Bearer <key>' or "
                                             f"'X-API-Key: <key>')", headers={"WWW-Authenticate": "Bearer"})
 

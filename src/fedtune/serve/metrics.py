@@ -26,6 +26,10 @@ class ServeMetrics:
                                 ["route", "method", "status"], registry=r)
         self.latency = Histogram("fedtune_request_duration_seconds", "HTTP request latency",
                                  ["route", "method", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.grpc_requests = Counter("fedtune_grpc_requests", "gRPC (Open Inference Protocol) calls by method "
+                                     "and status code", ["method", "code"], registry=r)
+        self.grpc_latency = Histogram("fedtune_grpc_request_duration_seconds", "gRPC call latency",
+                                      ["method", "code"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("fedtune_batch_size", "items per micro-batch (one trunk pass each)",
                                     ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("fedtune_queue_depth", "items waiting for a micro-batch", ["model"], registry=r)
@@ -41,6 +45,11 @@ class ServeMetrics:
         method = method if method in METHODS else "other"
         self.requests.labels(route, method, status_label(status)).inc()
         self.latency.labels(route, method, status_label(status)).observe(seconds)
+
+    def observe_grpc(self, method: str, code: str, seconds: float) -> None:
+        """`method`: a GRPCInferenceService method the service implements; `code`: a grpc.StatusCode name."""
+        self.grpc_requests.labels(method, code).inc()
+        self.grpc_latency.labels(method, code).observe(seconds)
 
     def set_models(self, models: dict) -> None:
         """models: name -> LoadedModel; replaces the info series atomically enough for a scrape."""

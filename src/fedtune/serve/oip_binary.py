@@ -98,7 +98,7 @@ def decode_bytes(buf: bytes, name: str, max_elements: int | None = None) -> list
     return out
 
 
-def _decode_tensor(buf: bytes, datatype, name: str, max_elements: int | None) -> list:
+def decode_tensor(buf: bytes, datatype, name: str, max_elements: int | None) -> list:
     if datatype == "BYTES":
         return decode_bytes(buf, name, max_elements)
     if not isinstance(datatype, str) or datatype not in FIXED:
@@ -135,7 +135,7 @@ def _attach_binary(header, tail: bytes, max_elements: int | None) -> None:
         if pos + size > len(tail):
             raise _bad("bad_binary", f"input {name!r} declares {size} bytes of binary data but only "
                                      f"{len(tail) - pos} follow the header (truncated body?)")
-        tensor["data"] = _decode_tensor(tail[pos:pos + size], tensor.get("datatype"), name, max_elements)
+        tensor["data"] = decode_tensor(tail[pos:pos + size], tensor.get("datatype"), name, max_elements)
         pos += size
     if pos != len(tail):
         raise _bad("bad_binary", f"{len(tail)} bytes follow the JSON header but the inputs' binary_data_size "

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import Bundle, load_bundle
+from ..models.backends import BackendError, apply_backend, backend_of
 from ..tasks import get, kinds
 from .batcher import BatcherClosed, Job, MicroBatcher
 
@@ -44,6 +45,11 @@ class LoadedModel:
     def trunk(self) -> str:
         t = self.bundle.manifest.get("trunk", {})
         return str(t.get("source") or t.get("architecture") or "")
+
+    @property
+    def backend(self) -> str:
+        """The trunk's inference backend ("fp32", "bf16", "int8", "onnx-int8"; models/backends.py)."""
+        return backend_of(self.bundle.model)
 
     @property
     def version(self) -> str:
@@ -122,6 +128,10 @@ class Registry:
         bundle = load_bundle(path, device=self.settings.resolved_device())
         if bundle.kind not in kinds():
             raise ReloadError(f"{path}: unknown bundle kind {bundle.kind!r}")
+        try:
+            apply_backend(bundle.model, self.settings.backend)
+        except BackendError as exc:
+            raise ReloadError(f"{path}: {exc}") from None
         if self.settings.warmup:
             warm_up(bundle)
         s = self.settings

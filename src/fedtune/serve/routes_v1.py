@@ -78,6 +78,7 @@ def model_card(m: LoadedModel) -> ModelCard:
     trunk = {k: v for k, v in man.get("trunk", {}).items() if k != "files"}
     return ModelCard(
         name=m.name, kind=m.bundle.kind, version=m.version, digest=m.bundle.digest, path=str(m.path), trunk=trunk,
+        backend=m.backend,
         tasks=man.get("tasks"), assays=man.get("assays"), labels=man.get("labels"), sites=m.bundle.sites,
         head_sets=list(m.bundle.head_sets), heads_mode=man.get("heads", {}).get("mode"),
         metrics=man.get("metrics") or {}, provenance=served_provenance(man.get("provenance") or {}),

@@ -93,7 +93,12 @@ async def ready(request: Request):
 
 
 def _model(request: Request, name: str, version: str | None = None) -> LoadedModel:
-    model = model_or_404(request.app.state.registry, name)
+    return find_model(request.app.state.registry, name, version)
+
+
+def find_model(registry, name: str, version: str | None = None) -> LoadedModel:
+    """The model serving `name` (and `version`, when given); ApiError 404 otherwise."""
+    model = model_or_404(registry, name)
     if version is not None and version not in (model.version, model.bundle.digest):
         raise ApiError(404, "unknown_version", f"model {name!r} has no version {version!r}; serving "
                                                f"{model.version}", {"known": [model.version]})
@@ -105,7 +110,7 @@ def metadata(m: LoadedModel) -> ModelMetadata:
     inputs = [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in api.v2_inputs(m)]
     return ModelMetadata(name=m.name, versions=[m.version], platform="pytorch", inputs=inputs,
                          outputs=api.v2_outputs(m),
-                         parameters={"sites": m.bundle.sites, "digest": m.bundle.digest})
+                         parameters={"sites": m.bundle.sites, "digest": m.bundle.digest, "backend": m.backend})
 
 
 @router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS, summary="Model metadata")
@@ -164,11 +169,11 @@ def _bytes_input(req: InferRequest, kind: str, wanted: tuple[str, ...]) -> dict[
     return out
 
 
-async def _infer(request: Request, name: str, req: InferRequest, version: str | None) -> InferResponse | Response:
-    registry, settings = request.app.state.registry, request.app.state.settings
-    model = _model(request, name, version)
+async def infer_model(registry, settings, name: str, req: InferRequest, version: str | None) -> InferResponse:
+    """One inference request, whatever its transport (HTTP here, gRPC in `grpc_oip`): the model, its BYTES
+    inputs, the item count, the kind's items and options, the batcher run and the output tensors."""
+    model = find_model(registry, name, version)
     api = get(model.bundle.kind).api
-    binary = binary_outputs(req.parameters, req.outputs, [o["name"] for o in api.v2_outputs(model)])
     inputs = _bytes_input(req, name, api.v2_inputs(model))
     n = len(next(iter(inputs.values())))
     check_count(n, settings.max_items, "items")
@@ -182,9 +187,17 @@ async def _infer(request: Request, name: str, req: InferRequest, version: str | 
 
     model, (heads, context), result = await run(registry, name, build)
     outputs = api.v2_tensors(model, req, heads, context, result, n)
-    response = InferResponse(model_name=model.name, model_version=model.version, id=req.id,
-                             parameters={"heads": heads.mode, "head_sets": heads.names,
-                                         "digest": model.bundle.digest}, outputs=outputs)
+    return InferResponse(model_name=model.name, model_version=model.version, id=req.id,
+                         parameters={"heads": heads.mode, "head_sets": heads.names,
+                                     "digest": model.bundle.digest, "backend": model.backend}, outputs=outputs)
+
+
+async def _infer(request: Request, name: str, req: InferRequest, version: str | None) -> InferResponse | Response:
+    registry, settings = request.app.state.registry, request.app.state.settings
+    model = find_model(registry, name, version)
+    api = get(model.bundle.kind).api
+    binary = binary_outputs(req.parameters, req.outputs, [o["name"] for o in api.v2_outputs(model)])
+    response = await infer_model(registry, settings, name, req, version)
     if not binary:
         return response
     payload, header_length = encode_response(response.model_dump(), binary)

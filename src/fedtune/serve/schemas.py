@@ -42,6 +42,7 @@ class ModelCard(BaseModel):
     digest: str
     path: str
     trunk: dict[str, Any]
+    backend: str = Field("fp32", description="the trunk's inference backend (fp32, bf16, int8, onnx-int8)")
     tasks: list[str] | None = None
     assays: list[dict[str, Any]] | None = None
     labels: list[str] | None = None

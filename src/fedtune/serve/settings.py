@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ..data.sequences import MAX_CHAIN_LENGTH
+from ..models.backends import BACKENDS
 
 
 class ServeSettings(BaseSettings):
@@ -29,6 +30,10 @@ class ServeSettings(BaseSettings):
                                           "default: the parent folders of the bundles served at startup)")
     metrics_auth: bool = Field(False, description="also require the API key on /metrics")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    backend: str = Field("fp32", description=f"the trunk's CPU inference backend: {' | '.join(BACKENDS)} "
+                                             f"(docs/serve.md: measured speed and agreement)")
+    grpc_port: int | None = Field(None, ge=0, le=65535, description="serve the Open Inference Protocol over gRPC "
+                                                                     "on this port too (unset: no gRPC; 0: any free)")
     max_batch: int = Field(64, ge=1, le=4096, description="items per micro-batch")
     max_wait_ms: float = Field(5.0, ge=0.0, le=10_000.0, description="how long a batch waits to fill up")
     max_batch_tokens: int = Field(16384, ge=64, description="padded tokens per trunk pass (length-sorted chunks)")
@@ -50,6 +55,13 @@ class ServeSettings(BaseSettings):
         if isinstance(value, str):
             return [p.strip() for p in value.split(",") if p.strip()]
         return [str(p) for p in value]
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value):
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r}; choose one of {', '.join(BACKENDS)}")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
