@@ -271,6 +271,17 @@ class Task(ABC):
         """The trunk's tokens of `items` (what `model.embed_tokens` takes)."""
         return model.tokenize(items)
 
+    def item_parts(self, model, item) -> tuple[str, ...]:
+        """The parts of `item` the trunk embeds one at a time (the chains of a (heavy, light) pair, one text), in
+        the order `model.embed_tokens` concatenates their pooled embeddings. `serve.cache.embed_items` embeds
+        and caches each part on its own, keyed by (bundle digest, part): the trunk is deterministic in eval
+        mode, so a part's embedding does not depend on the item it came with."""
+        return tuple(item) if isinstance(item, tuple) else (item,)
+
+    def part_text(self, model, part: str) -> str:
+        """A part as the trunk's tokenizer takes it (e.g. residues spaced for AntiBERTy); unchanged by default."""
+        return part
+
     def head_outputs(self, model, emb, heads, **opts):
         """Predictions of one head set for pooled embeddings `emb`, as float32 numpy: one array [n, ...], or a
         dict of them (`opts`: the kind's request options, e.g. which heads to apply)."""
