@@ -23,7 +23,8 @@ ENTRY_OVERHEAD = 160        # bytes per entry beyond the vector and the key text
 
 class EmbeddingCache:
     """A thread-safe LRU map (namespace, part) -> float32 vector, at most `max_bytes` (vectors + keys +
-    ENTRY_OVERHEAD each). Counters: hits, misses, evictions; `bytes` and `entries` now."""
+    ENTRY_OVERHEAD each). Counters: hits (parts of items that needed no trunk pass: cached, or a repeat within
+    the batch), misses (parts the trunk embedded), evictions; `bytes` and `entries` now."""
 
     def __init__(self, max_bytes: int):
         if max_bytes < 0:
@@ -42,19 +43,21 @@ class EmbeddingCache:
         return len(self._entries)
 
     def get_many(self, namespace: str, parts) -> dict[str, np.ndarray]:
-        """{part: vector} of the `parts` (distinct) that are cached; counts a hit or a miss for each."""
+        """{part: vector} of the `parts` that are cached (each now the most recently used)."""
         found = {}
         with self._lock:
             for part in parts:
                 key = (namespace, part)
                 vec = self._entries.get(key)
-                if vec is None:
-                    self.misses += 1
-                else:
+                if vec is not None:
                     self._entries.move_to_end(key)
                     found[part] = vec
-            self.hits += len(found)
         return found
+
+    def count(self, hits: int, misses: int) -> None:
+        with self._lock:
+            self.hits += hits
+            self.misses += misses
 
     def put_many(self, namespace: str, vectors: dict[str, np.ndarray]) -> None:
         """Store vectors (copied: a row of a batch tensor would keep the whole batch alive)."""
@@ -130,6 +133,7 @@ def embed_items(task, model, items: list, *, cache: EmbeddingCache | None = None
     distinct = list(dict.fromkeys(flat))
     vectors = cache.get_many(namespace, distinct)
     missing = [p for p in distinct if p not in vectors]
+    cache.count(hits=len(flat) - len(missing), misses=len(missing))    # per part of an item: trunk pass or not
     if missing:
         fresh = embed_parts(task, model, missing, max_batch_tokens).cpu().numpy()
         new = dict(zip(missing, fresh))

@@ -86,12 +86,13 @@ class KindApi:
 
     def file_body(self, model, rows: list[dict[str, str]], opts: FileOptions) -> BaseModel:
         """The /v1 request body asking `opts` for `rows` (each: `file_columns` -> value); pydantic's
-        ValidationError for a bad value, ValueError for an option the kind does not take. The body then goes
-        through `items`, `job` and `respond` exactly as a request does."""
+        ValidationError for a bad value. The body then goes through `items`, `job` and `respond` exactly as a
+        request does."""
         raise NotImplementedError
 
     def file_header(self, model, opts: FileOptions) -> list[str]:
-        """The output columns `file_values` fills (ApiError 404 for unknown tasks or assays)."""
+        """The output columns `file_values` fills; checks `opts` first (ValueError for an option the kind does
+        not take, `refuse_options`; ApiError 404 for unknown tasks or assays)."""
         raise NotImplementedError
 
     def file_values(self, model, response, opts: FileOptions) -> list[list]:

@@ -70,10 +70,10 @@ class _CacheCollector:
         cache = self.metrics.cache
         st = cache.stats() if cache is not None else \
             {"hits": 0, "misses": 0, "evictions": 0, "bytes": 0, "entries": 0, "max_bytes": 0}
-        yield CounterMetricFamily("fedtune_embedding_cache_hits", "per-part (chain, text) embeddings found in the "
-                                  "cache (distinct parts per batch)", value=st["hits"])
-        yield CounterMetricFamily("fedtune_embedding_cache_misses", "per-part embeddings computed by the trunk "
-                                  "(distinct parts per batch; with the cache off, none are counted)",
+        yield CounterMetricFamily("fedtune_embedding_cache_hits", "parts (chains, texts) of items that needed no "
+                                  "trunk pass (in the cache, or repeated within a batch)", value=st["hits"])
+        yield CounterMetricFamily("fedtune_embedding_cache_misses", "parts embedded by the trunk (with the cache off, "
+                                  "none are counted)",
                                   value=st["misses"])
         yield CounterMetricFamily("fedtune_embedding_cache_evictions", "entries evicted to stay within the size",
                                   value=st["evictions"])

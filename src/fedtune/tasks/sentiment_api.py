@@ -114,10 +114,10 @@ class SentimentApi(KindApi):
         return ("text",)
 
     def file_body(self, model, rows, opts: FileOptions) -> SentimentRequest:
-        refuse_options("sentiment", opts)
         return SentimentRequest(site=opts.site, texts=[r["text"] for r in rows])
 
     def file_header(self, model, opts: FileOptions) -> list[str]:
+        refuse_options("sentiment", opts)
         labels = model.bundle.manifest.get("labels") or list(SENTIMENT_LABELS)
         return ["label"] + [f"p_{lab}" for lab in labels]
 

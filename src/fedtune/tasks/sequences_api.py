@@ -202,12 +202,12 @@ class SequencesApi(KindApi):
         return tuple(c.name for c in model.bundle.model.card.sequence_columns)
 
     def file_body(self, model, rows, opts: FileOptions) -> SequencesRequest:
-        refuse_options("sequences", opts, raw=bool(model.bundle.model.card.classification))
         names = self.file_columns(model)
         return SequencesRequest(site=opts.site, items=[Item(sequences={n: r[n] for n in names}) for r in rows])
 
     def file_header(self, model, opts: FileOptions) -> list[str]:
         card = model.bundle.model.card
+        refuse_options("sequences", opts, raw=bool(card.classification))
         if card.classification:
             return ["label"] + [f"p_{c}" for c in card.classification.classes]
         names = [c.name for c in card.label_columns]
