@@ -100,6 +100,7 @@ class _Scorer:
         self.model, self.settings, self.opts, self.strict, self.report = model, settings, opts, strict, report
         self.api = get(model.bundle.kind).api
         self.heads = resolve_heads(model, opts.site)
+        self.submitted: list[Job] = []
 
     def _build(self, rows: list[Row]):
         body = self.api.file_body(self.model, [r.values for r in rows], self.opts)
@@ -134,7 +135,14 @@ class _Scorer:
             self.report(f"row {r.number}: {r.problem}" + ("" if self.strict else "; skipped"))
         if chunk.job is not None and not (self.strict and chunk.bad):
             self.model.batcher.submit(chunk.job)
+            self.submitted.append(chunk.job)
+            self.submitted = [j for j in self.submitted if not j.future.done()]
         return chunk
+
+    def cancel(self) -> None:
+        """Cancel the jobs not answered yet (the batcher skips them)."""
+        for job in self.submitted:
+            job.future.cancel()
 
     def values(self, chunk: _Chunk) -> list[list]:
         """The chunk's output rows (waits for its predictions)."""
@@ -165,7 +173,9 @@ def predict(bundle: str | Path, input: str | Path, out: str | Path, *, opts: Fil
         return _run(model, settings, Path(input), Path(out), opts, resume, strict, batch_size, backend, progress,
                     report, tqdm)
     finally:
-        model.batcher.close()
+        # the worker finishes the batch it is in (queued jobs were cancelled) and ends before the interpreter
+        # does: a thread still inside torch at exit aborts the process
+        model.batcher.close(wait=600)
 
 
 def _run(model, settings, input: Path, out: Path, opts, resume, strict, batch_size, backend, progress, report,
@@ -222,8 +232,10 @@ def _run(model, settings, input: Path, out: Path, opts, resume, strict, batch_si
     except KeyboardInterrupt:
         output.rollback()
         summary.interrupted = True
+        scorer.cancel()
     except BaseException:
         output.rollback()
+        scorer.cancel()
         raise
     finally:
         bar.close()
