@@ -253,3 +253,19 @@ def test_sigint_leaves_whole_rows_and_resume_completes_the_run(sites_bundle, tmp
     by_id = {r["id"]: r for r in rows}
     np.testing.assert_allclose(column([by_id[r["id"]] for r in read_csv(fresh)], "binding"),
                                column(read_csv(fresh), "binding"), atol=1e-5)
+
+
+def test_unusable_files_and_options_are_refused_before_anything_is_written(sites_bundle, tmp_path):
+    inp = write_csv(tmp_path / "lib.csv", ["heavy", "light"], [[a["heavy"], a["light"]] for a in antibodies(2)])
+    (tmp_path / "lib.parquet").write_bytes(b"PAR1")
+    runner = CliRunner()
+    for args, message in ((["--input", str(tmp_path / "lib.parquet")], "needs pyarrow"),
+                          (["--input", str(inp), "--out", str(tmp_path / "out.xlsx")], "unknown output format"),
+                          (["--input", str(inp), "--tasks", "binding,nonsense"], "unknown tasks ['nonsense']"),
+                          (["--input", str(inp), "--site", "site-9"], "unknown site 'site-9'"),
+                          (["--input", str(inp), "--backend", "int4"], "unknown backend 'int4'")):
+        out = args[args.index("--out") + 1] if "--out" in args else str(tmp_path / "out.csv")
+        argv = ["predict", "--bundle", str(sites_bundle), "--no-progress", *args] + ([] if "--out" in args else ["--out", out])
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+        assert not Path(out).exists() and not state_path(Path(out)).exists()
