@@ -185,12 +185,20 @@ def main() -> None:
         for r in runs:
             r["speedup_vs_fp32_no_cache"] = r["antibodies_per_s"] / runs[0]["antibodies_per_s"]
             r["max_abs_diff_vs_fp32_no_cache"] = float(np.max(np.abs(scores(Path(r.pop("output"))) - base)))
-        mem = [memory(bundle, lib[:args.memory_library], n, tmp, args) for n in args.memory_rows]
+        mem = []
+        for n in args.memory_rows:       # the result is rewritten after each run: a long one may be stopped
+            write_result(args, pars, runs, mem)
+            mem.append(memory(bundle, lib[:args.memory_library], n, tmp, args))
+    write_result(args, pars, runs, mem)
+
+
+def write_result(args, pars, runs, mem) -> None:
     result = {
         "device": device_name(args.device),
         "torch": torch.__version__,
         "trunk": args.trunk,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "load_average_1_5_15_min": [round(x, 1) for x in os.getloadavg()],    # the machine may be shared
         "sizes_run": {"variants": args.variants, "parents": args.parents, "memory_rows": args.memory_rows,
                       "memory_library": args.memory_library, "batch_size": args.batch_size,
                       "full_sizes": {"variants": 20000, "memory_rows": [100_000, 1_000_000]}},
@@ -198,6 +206,7 @@ def main() -> None:
                     "parent's light chain; all six fitness tasks (random heads on the trunk)"},
         "throughput": runs,
         "memory": mem,
+        "memory_rows_done": [m["rows"] for m in mem],
         "memory_peak_ratio_largest_vs_smallest": (mem[-1]["peak_rss_mib"] / mem[0]["peak_rss_mib"]) if mem else None,
     }
     args.out.mkdir(parents=True, exist_ok=True)
