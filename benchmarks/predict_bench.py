@@ -2,7 +2,7 @@
 
 Library: `--variants` heavy-chain point mutants of `--parents` real FLAb antibodies (each variant keeps its
 parent's light chain, so a library shares a handful of light chains), scored with all six fitness tasks.
-Throughput runs (same library, same process, back to back; ratios within this run):
+Throughput runs (same library, same process, taking turns part by part; ratios within this run):
   - fp32 without the cache: today's path, every chain of every antibody through the trunk;
   - fp32 with the per-chain embedding cache: each light chain once, every heavy chain once.
   (Each further backend adds a run here: `--backends`.)
@@ -103,15 +103,34 @@ def scores(path: Path) -> np.ndarray:
         return np.array([[float(v) for v in row[3:]] for row in reader])
 
 
-def throughput(bundle: Path, library: Path, tmp: Path, name: str, backend: str, cache_mb: float, args) -> dict:
-    out = tmp / f"{name}.csv"
-    start = time.perf_counter()
-    s = predict(bundle, library, out, backend=backend, cache_mb=cache_mb, batch_size=args.batch_size,
-                device=args.device, progress=False)
-    secs = time.perf_counter() - start
-    print(f"{name}: {s.written / secs:.1f} antibodies/s", flush=True)
-    return {"backend": backend, "cache_mb": cache_mb, "antibodies": s.written, "seconds": secs,
-            "antibodies_per_s": s.written / secs, "cache": s.cache, "output": str(out)}
+def throughput(bundle: Path, parts: list[Path], tmp: Path, configs: list[tuple[str, str, float]], args) -> list[dict]:
+    """Each configuration (name, backend, cache MiB) scores each part of the library, the configurations taking
+    turns part by part (so a change of load on a shared machine hits them alike). Time: the scoring loop of
+    each `predict` call (`Summary.seconds`: bundle loading excluded); the cache starts empty in each call."""
+    runs = {name: {"backend": b, "cache_mb": mb, "antibodies": 0, "seconds": 0.0, "cache": {"hits": 0, "misses": 0},
+                   "outputs": []} for name, b, mb in configs}
+    for i, part in enumerate(parts):
+        for name, backend, cache_mb in configs:
+            out = tmp / f"{name}-{i}.csv"
+            s = predict(bundle, part, out, backend=backend, cache_mb=cache_mb, batch_size=args.batch_size,
+                        device=args.device, progress=False)
+            r = runs[name]
+            r["antibodies"] += s.written
+            r["seconds"] += s.seconds
+            r["outputs"].append(out)
+            for k in ("hits", "misses"):
+                r["cache"][k] += s.cache.get(k, 0)
+            print(f"part {i + 1}/{len(parts)} {name}: {s.written / s.seconds:.2f} antibodies/s", flush=True)
+    base = np.concatenate([scores(o) for o in runs[configs[0][0]]["outputs"]])
+    out = []
+    for name, r in runs.items():
+        got = np.concatenate([scores(o) for o in r.pop("outputs")])
+        r.update(name=name, antibodies_per_s=r["antibodies"] / r["seconds"],
+                 max_abs_diff_vs_fp32_no_cache=float(np.max(np.abs(got - base))))
+        r["speedup_vs_fp32_no_cache"] = r["antibodies_per_s"] / (runs[configs[0][0]]["antibodies"]
+                                                                  / runs[configs[0][0]]["seconds"])
+        out.append(r)
+    return out
 
 
 def rss_of(pid: int) -> tuple[int, int]:
@@ -165,6 +184,7 @@ def main() -> None:
                    help="input sizes for the memory runs (the library cycled)")
     p.add_argument("--memory-library", type=int, default=1000, help="distinct antibodies cycled in the memory runs")
     p.add_argument("--backends", nargs="+", default=["fp32"], help="backends measured with the cache")
+    p.add_argument("--rounds", type=int, default=4, help="library parts; the configurations take turns per part")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--cache-mb", type=float, default=256.0)
     p.add_argument("--device", default="cpu")
@@ -176,15 +196,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="predict-bench-") as tmp:
         tmp = Path(tmp)
         bundle = make_bundle(args.trunk, tmp)
-        library = write_library(tmp / "library.csv", lib[:args.variants])
+        k = max(1, args.rounds)
+        step = -(-args.variants // k)
+        parts = [write_library(tmp / f"library-{i}.csv", lib[i * step:(i + 1) * step]) for i in range(k)
+                 if lib[i * step:(i + 1) * step]]
         predict(bundle, write_library(tmp / "warm.csv", lib[:16]), tmp / "warm-out.csv", progress=False,
                 device=args.device)                                     # kernels, page cache
-        runs = [throughput(bundle, library, tmp, "fp32-no-cache", "fp32", 0.0, args)]
-        runs += [throughput(bundle, library, tmp, f"{b}-cache", b, args.cache_mb, args) for b in args.backends]
-        base = scores(Path(runs[0]["output"]))
-        for r in runs:
-            r["speedup_vs_fp32_no_cache"] = r["antibodies_per_s"] / runs[0]["antibodies_per_s"]
-            r["max_abs_diff_vs_fp32_no_cache"] = float(np.max(np.abs(scores(Path(r.pop("output"))) - base)))
+        configs = [("fp32-no-cache", "fp32", 0.0)] + [(f"{b}-cache", b, args.cache_mb) for b in args.backends]
+        runs = throughput(bundle, parts, tmp, configs, args)
         mem = []
         for n in args.memory_rows:       # the result is rewritten after each run: a long one may be stopped
             write_result(args, pars, runs, mem)
@@ -199,7 +218,7 @@ def write_result(args, pars, runs, mem) -> None:
         "trunk": args.trunk,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "load_average_1_5_15_min": [round(x, 1) for x in os.getloadavg()],    # the machine may be shared
-        "sizes_run": {"variants": args.variants, "parents": args.parents, "memory_rows": args.memory_rows,
+        "sizes_run": {"variants": args.variants, "rounds": args.rounds, "parents": args.parents, "memory_rows": args.memory_rows,
                       "memory_library": args.memory_library, "batch_size": args.batch_size,
                       "full_sizes": {"variants": 20000, "memory_rows": [100_000, 1_000_000]}},
         "library": {"parents": [name for name, _, _ in pars], "what": "heavy-chain point mutants, each with its "
