@@ -214,7 +214,7 @@ def test_resume_refuses_a_changed_output_or_another_input(sites_bundle, tmp_path
 
 
 def test_sigint_leaves_whole_rows_and_resume_completes_the_run(sites_bundle, tmp_path):
-    n = 1500
+    n = 600
     abs_ = antibodies(n, seed=12)
     inp = write_csv(tmp_path / "lib.csv", ["id", "heavy", "light"], [[a["id"], a["heavy"], a["light"]] for a in abs_])
     out = tmp_path / "out.csv"
