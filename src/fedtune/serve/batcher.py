@@ -43,7 +43,7 @@ class WorkerDead(RuntimeError):
 
 @dataclass(eq=False)
 class Job:
-    items: list                       # in the kind's item form (`Task.item_length`, `Task.tokenize`)
+    items: list                       # in the kind's item form (`Task.item_parts`)
     head_sets: tuple[str, ...]
     opts: dict = field(default_factory=dict)    # the kind's options for its heads (`Task.head_outputs`)
     future: Future = field(default_factory=Future)

@@ -263,10 +263,6 @@ class Task(ABC):
         """Valid items for `model` that the service predicts once per head set before serving it."""
         return []
 
-    def item_length(self, item) -> int:
-        """A size of `item` in characters (a tuple: of its parts together): the batcher sorts and packs by it."""
-        return sum(len(part) for part in item) if isinstance(item, tuple) else len(item)
-
     def tokenize(self, model, items: list) -> dict:
         """The trunk's tokens of `items` (what `model.embed_tokens` takes)."""
         return model.tokenize(items)

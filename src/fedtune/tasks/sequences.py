@@ -287,9 +287,6 @@ class Sequences(Task):
     def warmup_items(self, model: SequencesModel) -> list:
         return [model.card.warmup_item()]
 
-    def item_length(self, item) -> int:
-        return sum(len(s) for s in (item.values() if isinstance(item, dict) else item))
-
     def tokenize(self, model: SequencesModel, items: list):
         return model.tokenize(*zip(*(model.card.item_columns(it) for it in items)))
 
