@@ -189,6 +189,7 @@ def main() -> None:
     p.add_argument("--cache-mb", type=float, default=256.0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--sample-s", type=float, default=0.5, help="RSS sampling interval")
+    p.add_argument("--add-memory", type=Path, help="an earlier result: keep its runs, add the memory runs")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args()
     pars = parents(args.flab, args.parents)
@@ -196,6 +197,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="predict-bench-") as tmp:
         tmp = Path(tmp)
         bundle = make_bundle(args.trunk, tmp)
+        if args.add_memory:              # keep an earlier result's runs, add memory runs to it
+            earlier = json.loads(args.add_memory.read_text())
+            mem = earlier["memory"]
+            for n in args.memory_rows:
+                mem.append(memory(bundle, lib[:args.memory_library], n, tmp, args))
+                write_result(args, pars, earlier["throughput"], mem, earlier["sizes_run"])
+            return
         k = max(1, args.rounds)
         step = -(-args.variants // k)
         parts = [write_library(tmp / f"library-{i}.csv", lib[i * step:(i + 1) * step]) for i in range(k)
@@ -211,21 +219,21 @@ def main() -> None:
     write_result(args, pars, runs, mem)
 
 
-def write_result(args, pars, runs, mem) -> None:
+def write_result(args, pars, runs, mem, sizes: dict | None = None) -> None:
     result = {
         "device": device_name(args.device),
         "torch": torch.__version__,
         "trunk": args.trunk,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "load_average_1_5_15_min": [round(x, 1) for x in os.getloadavg()],    # the machine may be shared
-        "sizes_run": {"variants": args.variants, "rounds": args.rounds, "parents": args.parents, "memory_rows": args.memory_rows,
-                      "memory_library": args.memory_library, "batch_size": args.batch_size,
-                      "full_sizes": {"variants": 20000, "memory_rows": [100_000, 1_000_000]}},
+        "sizes_run": {**(sizes or {"variants": args.variants, "rounds": args.rounds, "parents": args.parents,
+                                   "memory_library": args.memory_library, "batch_size": args.batch_size,
+                                   "full_sizes": {"variants": 20000, "memory_rows": [100_000, 1_000_000]}}),
+                      "memory_rows": [m["rows"] for m in mem]},
         "library": {"parents": [name for name, _, _ in pars], "what": "heavy-chain point mutants, each with its "
                     "parent's light chain; all six fitness tasks (random heads on the trunk)"},
         "throughput": runs,
         "memory": mem,
-        "memory_rows_done": [m["rows"] for m in mem],
         "memory_peak_ratio_largest_vs_smallest": (mem[-1]["peak_rss_mib"] / mem[0]["peak_rss_mib"]) if mem else None,
     }
     args.out.mkdir(parents=True, exist_ok=True)
