@@ -63,17 +63,27 @@ def parents(flab: Path, n: int) -> list[tuple[str, str, str]]:
 
 
 def variants(pars: list, n: int, seed: int = 0) -> list[tuple[str, str, str]]:
-    """`n` distinct heavy-chain point mutants, round-robin over the parents, each with its parent's light chain."""
+    """`n` distinct heavy-chain mutants, round-robin over the parents, each with its parent's light chain: point
+    mutants of the parent while new ones are found (a parent of ~120 residues has ~2,300), then a further point
+    mutation of one of its earlier variants (so 20,000 variants of 5 parents exist)."""
     rng = np.random.default_rng(seed)
     out, seen = [], set()
+    by_parent: dict[int, list[str]] = {i: [] for i in range(len(pars))}
+    misses = [0] * len(pars)
     while len(out) < n:
-        name, heavy, light = pars[len(out) % len(pars)]
-        pos = int(rng.integers(len(heavy)))
-        aa = rng.choice([a for a in AA if a != heavy[pos]])
-        mutant = heavy[:pos] + aa + heavy[pos + 1:]
-        if mutant not in seen:
-            seen.add(mutant)
-            out.append((f"{name}-{heavy[pos]}{pos + 1}{aa}", mutant, light))
+        i = len(out) % len(pars)
+        name, heavy, light = pars[i]
+        base = heavy if misses[i] < 50 or not by_parent[i] else by_parent[i][int(rng.integers(len(by_parent[i])))]
+        pos = int(rng.integers(len(base)))
+        aa = str(rng.choice([a for a in AA if a != base[pos]]))
+        mutant = base[:pos] + aa + base[pos + 1:]
+        if mutant in seen or mutant == heavy:
+            misses[i] += 1
+            continue
+        seen.add(mutant)
+        by_parent[i].append(mutant)
+        diff = [f"{heavy[j]}{j + 1}{mutant[j]}" for j in range(len(heavy)) if heavy[j] != mutant[j]]
+        out.append((f"{name}-{'-'.join(diff)}", mutant, light))
     return out
 
 
@@ -230,7 +240,7 @@ def write_result(args, pars, runs, mem, sizes: dict | None = None) -> None:
                                    "memory_library": args.memory_library, "batch_size": args.batch_size,
                                    "full_sizes": {"variants": 20000, "memory_rows": [100_000, 1_000_000]}}),
                       "memory_rows": [m["rows"] for m in mem]},
-        "library": {"parents": [name for name, _, _ in pars], "what": "heavy-chain point mutants, each with its "
+        "library": {"parents": [name for name, _, _ in pars], "what": "heavy-chain point mutants (further mutations of them once a parent runs out), each with its "
                     "parent's light chain; all six fitness tasks (random heads on the trunk)"},
         "throughput": runs,
         "memory": mem,
