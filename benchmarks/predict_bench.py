@@ -240,8 +240,9 @@ def write_result(args, pars, runs, mem, sizes: dict | None = None) -> None:
                                    "memory_library": args.memory_library, "batch_size": args.batch_size,
                                    "full_sizes": {"variants": 20000, "memory_rows": [100_000, 1_000_000]}}),
                       "memory_rows": [m["rows"] for m in mem]},
-        "library": {"parents": [name for name, _, _ in pars], "what": "heavy-chain point mutants (further mutations of them once a parent runs out), each with its "
-                    "parent's light chain; all six fitness tasks (random heads on the trunk)"},
+        "library": {"parents": [name for name, _, _ in pars],
+                    "what": "heavy-chain point mutants (further mutations of them once a parent runs out), each with "
+                            "its parent's light chain; all six fitness tasks (random heads on the trunk)"},
         "throughput": runs,
         "memory": mem,
         "memory_peak_ratio_largest_vs_smallest": (mem[-1]["peak_rss_mib"] / mem[0]["peak_rss_mib"]) if mem else None,
