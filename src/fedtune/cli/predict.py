@@ -22,7 +22,8 @@ def predict_cmd(
     input: Annotated[Path, typer.Option("--input", help="CSV/TSV (the kind's columns, e.g. heavy,light or text; "
                                                         "others kept), FASTA (<id>_H / <id>_L), or .txt")],
     out: Annotated[Path, typer.Option(help="output .csv or .tsv: the input columns + one per prediction")],
-    site: Annotated[Optional[str], typer.Option(help="a site's own heads (default: global, or mean over sites)")] = None,
+    site: Annotated[Optional[str], typer.Option(
+        help="a site's own heads (default: global, or mean over sites)")] = None,
     tasks: Annotated[Optional[list[str]], typer.Option(help="tasks to score (fitness; comma-separated or "
                                                             "repeated; default: all)")] = None,
     assays: Annotated[Optional[list[str]], typer.Option(help="also one column per assay (name or task/name), "
