@@ -13,7 +13,7 @@ import time
 
 import httpx
 import pytest
-from serve_helpers import antibodies, terminate
+from serve_helpers import antibodies, metric_value, terminate
 
 from fedtune.bundle import load_bundle
 from fedtune.serve.settings import ServeSettings
@@ -33,6 +33,9 @@ def test_settings_from_env(monkeypatch):
     assert "zebra-42" not in repr(s)                  # the key is a secret
     o = ServeSettings(bundles=["/c"], port=9002)  # what the CLI does with its flags
     assert o.bundles == ["/c"] and o.port == 9002 and o.max_batch == 8
+    assert s.embedding_cache_mb == 64.0
+    monkeypatch.setenv("FEDTUNE_EMBEDDING_CACHE_MB", "0")
+    assert ServeSettings().embedding_cache_mb == 0.0
     monkeypatch.setenv("FEDTUNE_MAX_BATCH", "0")
     with pytest.raises(ValueError):
         ServeSettings()
@@ -59,7 +62,7 @@ def test_serve_command_reloads_on_sighup(serve_dir, global_bundle_a, global_bund
     port = _free_port()
     env = {**os.environ, "FEDTUNE_MAX_WAIT_MS": "1", "FEDTUNE_DEVICE": "cpu", "FEDTUNE_LOG_LEVEL": "WARNING"}
     cmd = [sys.executable, "-c", "from fedtune.cli import main; main()", "serve", "--bundle", str(live),
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--host", "127.0.0.1", "--port", str(port), "--embedding-cache-mb", "1.5"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -90,7 +93,10 @@ def test_serve_command_reloads_on_sighup(serve_dir, global_bundle_a, global_bund
             time.sleep(0.2)
         r = httpx.post(url + "/v1/fitness/predict", json={"antibodies": antibodies(2)}, timeout=30)
         assert r.status_code == 200 and r.json()["digest"] == digest_b
-        assert "fedtune_reloads_total 1.0" in httpx.get(url + "/metrics").text
+        metrics = httpx.get(url + "/metrics").text
+        assert "fedtune_reloads_total 1.0" in metrics
+        assert metric_value(metrics, "fedtune_embedding_cache_max_bytes") == 1.5 * 2**20     # --embedding-cache-mb
+        assert metric_value(metrics, "fedtune_embedding_cache_misses_total") > 0
     finally:
         terminate(proc)
     # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught (exit status -15)

@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 # One module per area; a module that is absent (not written yet) is skipped.
-_AREAS = ("local", "check", "fl", "pki", "privacy", "compare", "serve", "demo")
+_AREAS = ("local", "check", "fl", "pki", "privacy", "compare", "serve", "predict", "demo")
 for _name in _AREAS:
     try:
         importlib.import_module(f"{__name__}.{_name}")

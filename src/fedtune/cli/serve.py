@@ -30,6 +30,8 @@ def serve_cmd(
     max_body_bytes: Annotated[Optional[int], typer.Option(
         help="request body limit [FEDTUNE_MAX_BODY_BYTES, 1 MiB]")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="residues per chain [FEDTUNE_MAX_LENGTH, 256]")] = None,
+    embedding_cache_mb: Annotated[Optional[float], typer.Option(
+        help="per-chain embedding cache in MiB, 0 = off [FEDTUNE_EMBEDDING_CACHE_MB, 64]")] = None,
     metrics_auth: Annotated[Optional[bool], typer.Option(
         "--metrics-auth/--no-metrics-auth", help="require the API key on /metrics [FEDTUNE_METRICS_AUTH]")] = None,
     log_level: Annotated[Optional[str], typer.Option(help="uvicorn log level [FEDTUNE_LOG_LEVEL, info]")] = None,
@@ -51,7 +53,7 @@ def serve_cmd(
     overrides = {"bundles": [str(b) for b in bundle] if bundle else None, "host": host, "port": port,
                  "device": device, "backend": backend, "grpc_port": grpc_port, "api_key": api_key, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                  "max_items": max_items, "max_body_bytes": max_body_bytes, "max_length": max_length,
-                 "metrics_auth": metrics_auth, "log_level": log_level}
+                 "embedding_cache_mb": embedding_cache_mb, "metrics_auth": metrics_auth, "log_level": log_level}
     try:
         settings = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:       # messages only: pydantic's own text echoes the input, keys included

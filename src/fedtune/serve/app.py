@@ -76,6 +76,7 @@ def create_app(settings: ServeSettings | None = None, registry: Registry | None 
     registry = registry or Registry(settings, metrics)
     if registry.metrics is None:
         registry.metrics = metrics
+    metrics.watch_cache(registry.cache)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

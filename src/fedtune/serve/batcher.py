@@ -2,9 +2,10 @@
 
 Requests put a Job (their items + the head sets and tasks they want) on the batcher's queue and await a
 concurrent Future; the asyncio loop never runs model code. The worker takes items across concurrent jobs
-(up to `max_batch`, waiting at most `max_wait_ms` for a batch to fill), sorts them by length, runs the trunk
-once per item in padded chunks of at most `max_batch_tokens`, and when every item of a job has its embedding
-applies that job's heads (all requested head sets and tasks share the one trunk pass).
+(up to `max_batch`, waiting at most `max_wait_ms` for a batch to fill), runs the trunk once per distinct part
+(chain, text) not in the embedding cache, in length-sorted padded chunks of at most `max_batch_tokens`
+(`cache.embed_items`), and when every item of a job has its embedding applies that job's heads (all requested
+head sets and tasks share the one trunk pass).
 
 Faults stay contained: a batch that fails is retried job by job, so only the request that caused the failure
 gets it; the queue is bounded (QueueFull); if the worker thread ever dies, every waiting request is answered
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..tasks import get
+from .cache import EmbeddingCache, embed_items
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class WorkerDead(RuntimeError):
 
 @dataclass(eq=False)
 class Job:
-    items: list                       # in the kind's item form (`Task.item_length`, `Task.tokenize`)
+    items: list                       # in the kind's item form (`Task.item_parts`)
     head_sets: tuple[str, ...]
     opts: dict = field(default_factory=dict)    # the kind's options for its heads (`Task.head_outputs`)
     future: Future = field(default_factory=Future)
@@ -56,7 +58,8 @@ class Job:
 
 class MicroBatcher:
     def __init__(self, name: str, bundle, *, max_batch: int = 64, max_wait_ms: float = 5.0,
-                 max_batch_tokens: int = 16384, max_queue: int = 4096, metrics=None):
+                 max_batch_tokens: int = 16384, max_queue: int = 4096, metrics=None,
+                 cache: EmbeddingCache | None = None):
         self.name = name
         self.bundle = bundle
         self.model = bundle.model
@@ -66,6 +69,7 @@ class MicroBatcher:
         self.max_batch_tokens = max_batch_tokens
         self.max_queue = max_queue
         self.metrics = metrics
+        self.cache = cache            # per-part embeddings, shared by every model (keyed by bundle digest)
         self.device = bundle.device
         self._pending: collections.deque[Job] = collections.deque()
         self._queued = 0
@@ -207,29 +211,17 @@ class MicroBatcher:
         return torch.autocast("cpu", enabled=False)
 
     def _embed(self, slices) -> None:
+        """One trunk pass per distinct part (chain, text) of the batch not in the cache (`cache.embed_items`:
+        length-sorted chunks of at most max_batch_tokens padded tokens)."""
         refs = [(job, i) for job, start, end in slices for i in range(start, end)]
-        length_of = self.task.item_length
-        refs.sort(key=lambda r: length_of(r[0].items[r[1]]))
-        chunks, chunk, longest = [], [], 0
-        for ref in refs:    # length-sorted: each chunk pads to its own longest item only
-            length = length_of(ref[0].items[ref[1]]) + 4
-            if chunk and (len(chunk) + 1) * max(longest, length) > self.max_batch_tokens:
-                chunks.append(chunk)
-                chunk, longest = [], 0
-            chunk.append(ref)
-            longest = max(longest, length)
-        if chunk:
-            chunks.append(chunk)
         with torch.inference_mode(), self._autocast():
-            for chunk in chunks:
-                items = [job.items[i] for job, i in chunk]
-                tokens = self.task.tokenize(self.model, items)
-                emb = self.model.embed_tokens(tokens).float()
-                for row, (job, i) in enumerate(chunk):
-                    if job.emb is None:
-                        job.emb = torch.empty(len(job), emb.shape[1], device=emb.device)
-                    job.emb[i] = emb[row]
-                    job.done += 1
+            emb = embed_items(self.task, self.model, [job.items[i] for job, i in refs], cache=self.cache,
+                              namespace=self.bundle.digest, max_batch_tokens=self.max_batch_tokens)
+        for row, (job, i) in enumerate(refs):
+            if job.emb is None:
+                job.emb = torch.empty(len(job), emb.shape[1], device=emb.device)
+            job.emb[i] = emb[row]
+            job.done += 1
 
     def _heads(self, job: Job) -> dict:
         """{head_set: the kind's `head_outputs`} (an array, or a dict of arrays, per head set)."""

@@ -9,7 +9,26 @@ options for its heads -> the batcher (`predict.run`) -> the kind's response. Mod
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class FileOptions:
+    """What `fedtune predict` asks for every row of a file (its command-line options)."""
+    site: str | None = None              # a site's own heads (None: global, or the mean over sites)
+    tasks: tuple[str, ...] | None = None     # a kind's task subset (fitness)
+    assays: tuple[str, ...] | None = None    # label columns to report one by one (fitness assays)
+    raw: bool = False                    # also report values in their own units
+
+
+def refuse_options(kind: str, opts: FileOptions, *, tasks=True, assays=True, raw=True) -> None:
+    """ValueError naming the first option of `opts` a kind does not take (flags: whether each is refused)."""
+    for flag, name, given in ((tasks, "--tasks", opts.tasks), (assays, "--assays", opts.assays),
+                              (raw, "--raw", opts.raw)):
+        if flag and given:
+            raise ValueError(f"{name}: the {kind} kind has no such option")
 
 
 class KindApi:
@@ -58,4 +77,24 @@ class KindApi:
 
     def v2_tensors(self, model, req, heads, context, result, n: int) -> list[dict]:
         """The output tensors (name, datatype, shape, data) of `n` items, those the request asked for."""
+        raise NotImplementedError
+
+    # ---- files (`fedtune predict`): rows in, one /v1 body per chunk, one output row per prediction --------
+    def file_columns(self, model) -> tuple[str, ...]:
+        """The input columns one item is read from (e.g. heavy, light), in order."""
+        raise NotImplementedError
+
+    def file_body(self, model, rows: list[dict[str, str]], opts: FileOptions) -> BaseModel:
+        """The /v1 request body asking `opts` for `rows` (each: `file_columns` -> value); pydantic's
+        ValidationError for a bad value. The body then goes through `items`, `job` and `respond` exactly as a
+        request does."""
+        raise NotImplementedError
+
+    def file_header(self, model, opts: FileOptions) -> list[str]:
+        """The output columns `file_values` fills; checks `opts` first (ValueError for an option the kind does
+        not take, `refuse_options`; ApiError 404 for unknown tasks or assays)."""
+        raise NotImplementedError
+
+    def file_values(self, model, response, opts: FileOptions) -> list[list]:
+        """One row of values (`file_header` order) per prediction of a `respond` response."""
         raise NotImplementedError

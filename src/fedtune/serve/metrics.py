@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -40,6 +41,13 @@ class ServeMetrics:
         self.reload_failures = Counter("fedtune_reload_failures", "refused model reloads (old model kept)",
                                        registry=r)
 
+        self.cache = None
+        r.register(_CacheCollector(self))
+
+    def watch_cache(self, cache) -> None:
+        """Report this `serve.cache.EmbeddingCache` (None: off, reported as size 0) at every scrape."""
+        self.cache = cache
+
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """`route` must be a route template of the app (or "unmatched"); `method` outside METHODS: "other"."""
         method = method if method in METHODS else "other"
@@ -59,6 +67,30 @@ class ServeMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CacheCollector:
+    """The embedding cache's own counters, read at scrape time (one source of truth, no second bookkeeping)."""
+
+    def __init__(self, metrics: ServeMetrics):
+        self.metrics = metrics
+
+    def collect(self):
+        cache = self.metrics.cache
+        st = cache.stats() if cache is not None else \
+            {"hits": 0, "misses": 0, "evictions": 0, "bytes": 0, "entries": 0, "max_bytes": 0}
+        yield CounterMetricFamily("fedtune_embedding_cache_hits", "parts (chains, texts) of items that needed no "
+                                  "trunk pass (in the cache, or repeated within a batch)", value=st["hits"])
+        yield CounterMetricFamily("fedtune_embedding_cache_misses", "parts embedded by the trunk (with the cache off, "
+                                  "none are counted)",
+                                  value=st["misses"])
+        yield CounterMetricFamily("fedtune_embedding_cache_evictions", "entries evicted to stay within the size",
+                                  value=st["evictions"])
+        yield GaugeMetricFamily("fedtune_embedding_cache_bytes", "bytes held by the cache (vectors, keys, "
+                                "per-entry overhead)", value=st["bytes"])
+        yield GaugeMetricFamily("fedtune_embedding_cache_entries", "parts held by the cache", value=st["entries"])
+        yield GaugeMetricFamily("fedtune_embedding_cache_max_bytes", "the cache's size limit (0: off)",
+                                value=st["max_bytes"])
 
 
 class RequestMetricsMiddleware:

@@ -20,6 +20,7 @@ from ..bundle import Bundle, load_bundle
 from ..models.backends import BackendError, apply_backend, backend_of
 from ..tasks import get, kinds
 from .batcher import BatcherClosed, Job, MicroBatcher
+from .cache import new_cache
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ class Registry:
         self.last_reload: dict | None = None
         self.sighup_pending = False       # a SIGHUP that came before the first load finished
         self._lock = threading.Lock()     # one load at a time
+        self.cache = new_cache(settings.embedding_cache_mb)
+        if metrics is not None:
+            metrics.watch_cache(self.cache)
 
     # ---- lookups (event loop) ------------------------------------------------------------------------
     def get(self, name: str) -> LoadedModel | None:
@@ -136,7 +140,8 @@ class Registry:
             warm_up(bundle)
         s = self.settings
         batcher = MicroBatcher(bundle.kind, bundle, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms,
-                               max_batch_tokens=s.max_batch_tokens, max_queue=s.max_queue, metrics=self.metrics)
+                               max_batch_tokens=s.max_batch_tokens, max_queue=s.max_queue, metrics=self.metrics,
+                               cache=self.cache)
         return LoadedModel(bundle.kind, Path(path), bundle, batcher, load_seconds=time.perf_counter() - start)
 
     def load(self, paths: list[str | Path] | None = None) -> dict:

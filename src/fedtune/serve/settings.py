@@ -44,6 +44,9 @@ class ServeSettings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="request body limit in bytes (more: 413)")
     max_length: int = Field(MAX_CHAIN_LENGTH, ge=1, description="residues per chain (more: 422)")
     max_text_length: int = Field(2000, ge=1, description="characters per text (more: 422)")
+    embedding_cache_mb: float = Field(64.0, ge=0.0, le=1_048_576.0,
+                                      description="per-chain embedding cache in MiB, shared by the models "
+                                                  "(0: off)")
     warmup: bool = Field(True, description="run a prediction through every head set before serving a bundle")
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
 

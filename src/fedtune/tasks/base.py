@@ -276,13 +276,20 @@ class Task(ABC):
         """Valid items for `model` that the service predicts once per head set before serving it."""
         return []
 
-    def item_length(self, item) -> int:
-        """A size of `item` in characters (a tuple: of its parts together): the batcher sorts and packs by it."""
-        return sum(len(part) for part in item) if isinstance(item, tuple) else len(item)
-
     def tokenize(self, model, items: list) -> dict:
         """The trunk's tokens of `items` (what `model.embed_tokens` takes)."""
         return model.tokenize(items)
+
+    def item_parts(self, model, item) -> tuple[str, ...]:
+        """The parts of `item` the trunk embeds one at a time (the chains of a (heavy, light) pair, one text), in
+        the order `model.embed_tokens` concatenates their pooled embeddings. `serve.cache.embed_items` embeds
+        and caches each part on its own, keyed by (bundle digest, part): the trunk is deterministic in eval
+        mode, so a part's embedding does not depend on the item it came with."""
+        return tuple(item) if isinstance(item, tuple) else (item,)
+
+    def part_text(self, model, part: str) -> str:
+        """A part as the trunk's tokenizer takes it (e.g. residues spaced for AntiBERTy); unchanged by default."""
+        return part
 
     def head_outputs(self, model, emb, heads, **opts):
         """Predictions of one head set for pooled embeddings `emb`, as float32 numpy: one array [n, ...], or a

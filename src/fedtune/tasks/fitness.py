@@ -274,6 +274,9 @@ class Fitness(Task):
     def tokenize(self, model: FitnessModel, items: list) -> dict:
         return model.tokenize([h for h, _ in items], [lt for _, lt in items])
 
+    def part_text(self, model: FitnessModel, part: str) -> str:
+        return model.trunk.prepare(part)
+
     def head_outputs(self, model: FitnessModel, emb, heads, tasks=None) -> dict:
         """{task: oriented z [n, n_assays of the task]} for `tasks` (default: all)."""
         out = model.apply_heads(emb, heads, list(tasks) if tasks else None)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.sequences import AMINO_ACIDS, bad_residue_position, chain_problem, normalise
 from ..serve.errors import ApiError
-from ..serve.kinds import KindApi
+from ..serve.kinds import FileOptions, KindApi
 from ..serve.predict import MAX_LISTED_PROBLEMS, HeadChoice, meta, param, select_outputs
 from ..serve.schemas import HEAVY, LIGHT, PredictionMeta, Text
 
@@ -188,6 +188,31 @@ class FitnessApi(KindApi):
         z, _ = fitness_arrays(model, result, heads, context, [])
         return [{"name": t, "datatype": "FP32", "shape": [n], "data": z[t].mean(1).astype(float).tolist()}
                 for t in context]
+
+    # ---- files: a column per task (oriented z), per assay asked (z) and with --raw its own units
+    def file_columns(self, model) -> tuple[str, ...]:
+        return ("heavy", "light")
+
+    def _file_assays(self, model, opts: FileOptions) -> list:
+        wanted = list(opts.assays) if opts.assays else ([a.key for a in model.bundle.model.assays] if opts.raw
+                                                         else None)
+        return resolve_assays(model, wanted)
+
+    def file_body(self, model, rows, opts: FileOptions) -> FitnessRequest:
+        assays = [a.key for a in self._file_assays(model, opts)]
+        return FitnessRequest(site=opts.site, tasks=list(opts.tasks) if opts.tasks else None,
+                              assays=assays or None,
+                              antibodies=[Antibody(heavy=r["heavy"], light=r["light"]) for r in rows])
+
+    def file_header(self, model, opts: FileOptions) -> list[str]:
+        assays = self._file_assays(model, opts)
+        return (resolve_tasks(model, list(opts.tasks) if opts.tasks else None) + [a.key for a in assays]
+                + ([f"{a.key}:raw" for a in assays] if opts.raw else []))
+
+    def file_values(self, model, response: FitnessResponse, opts: FileOptions) -> list[list]:
+        keys = [a.key for a in self._file_assays(model, opts)]
+        return [[p.scores[t] for t in response.tasks] + [p.assays[k].z for k in keys]
+                + ([p.assays[k].value for k in keys] if opts.raw else []) for p in response.predictions]
 
 
 API = FitnessApi()

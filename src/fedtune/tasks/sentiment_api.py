@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.fpb import SENTIMENT_LABELS
 from ..serve.errors import ApiError
-from ..serve.kinds import KindApi
+from ..serve.kinds import FileOptions, KindApi, refuse_options
 from ..serve.predict import MAX_LISTED_PROBLEMS, HeadChoice, meta, select_outputs
 from ..serve.schemas import PredictionMeta, Text
 
@@ -108,6 +108,21 @@ class SentimentApi(KindApi):
             {"name": "label", "datatype": "BYTES", "shape": [n], "data": [labels[int(i)] for i in probs.argmax(1)]},
             {"name": "probabilities", "datatype": "FP32", "shape": [n, len(labels)],
              "data": probs.astype(float).ravel().tolist()}], req)
+
+    # ---- files: the label and one probability column per class
+    def file_columns(self, model) -> tuple[str, ...]:
+        return ("text",)
+
+    def file_body(self, model, rows, opts: FileOptions) -> SentimentRequest:
+        return SentimentRequest(site=opts.site, texts=[r["text"] for r in rows])
+
+    def file_header(self, model, opts: FileOptions) -> list[str]:
+        refuse_options("sentiment", opts)
+        labels = model.bundle.manifest.get("labels") or list(SENTIMENT_LABELS)
+        return ["label"] + [f"p_{lab}" for lab in labels]
+
+    def file_values(self, model, response: SentimentResponse, opts: FileOptions) -> list[list]:
+        return [[p.label, *p.probabilities.values()] for p in response.predictions]
 
 
 API = SentimentApi()

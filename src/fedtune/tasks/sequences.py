@@ -287,11 +287,14 @@ class Sequences(Task):
     def warmup_items(self, model: SequencesModel) -> list:
         return [model.card.warmup_item()]
 
-    def item_length(self, item) -> int:
-        return sum(len(s) for s in (item.values() if isinstance(item, dict) else item))
-
     def tokenize(self, model: SequencesModel, items: list):
         return model.tokenize(*zip(*(model.card.item_columns(it) for it in items)))
+
+    def item_parts(self, model: SequencesModel, item) -> tuple[str, ...]:
+        return tuple(model.card.item_columns(item))
+
+    def part_text(self, model: SequencesModel, part: str) -> str:
+        return model.trunk.prepare(part) if model.card.alphabet == "protein" else part
 
     def head_outputs(self, model: SequencesModel, emb, heads) -> np.ndarray:
         """Oriented z [n, labels], or class probabilities [n, classes]."""

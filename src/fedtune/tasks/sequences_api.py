@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.sequences import chain_problem
 from ..serve.errors import ApiError
-from ..serve.kinds import KindApi
+from ..serve.kinds import FileOptions, KindApi, refuse_options
 from ..serve.predict import MAX_LISTED_PROBLEMS, HeadChoice, meta, select_outputs
 from ..serve.schemas import PredictionMeta, Text
 from .sequences_card import MAX_SEQUENCE_COLUMNS, Card
@@ -195,6 +195,29 @@ class SequencesApi(KindApi):
             tensors = [{"name": c.name, "datatype": "FP32", "shape": [n],
                         "data": values[c.name][0].astype(float).tolist()} for c in card.label_columns]
         return select_outputs(tensors, req)
+
+    # ---- files: per regression label its oriented z (and with --raw its own units), or the class and one
+    # probability column per class
+    def file_columns(self, model) -> tuple[str, ...]:
+        return tuple(c.name for c in model.bundle.model.card.sequence_columns)
+
+    def file_body(self, model, rows, opts: FileOptions) -> SequencesRequest:
+        names = self.file_columns(model)
+        return SequencesRequest(site=opts.site, items=[Item(sequences={n: r[n] for n in names}) for r in rows])
+
+    def file_header(self, model, opts: FileOptions) -> list[str]:
+        card = model.bundle.model.card
+        refuse_options("sequences", opts, raw=bool(card.classification))
+        if card.classification:
+            return ["label"] + [f"p_{c}" for c in card.classification.classes]
+        names = [c.name for c in card.label_columns]
+        return names + ([f"{n}:raw" for n in names] if opts.raw else [])
+
+    def file_values(self, model, response: SequencesResponse, opts: FileOptions) -> list[list]:
+        if model.bundle.model.card.classification:
+            return [[p.label, *p.probabilities.values()] for p in response.predictions]
+        return [[v.z for v in p.values.values()] + ([v.value for v in p.values.values()] if opts.raw else [])
+                for p in response.predictions]
 
 
 API = SequencesApi()
