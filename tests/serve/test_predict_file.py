@@ -269,3 +269,22 @@ def test_unusable_files_and_options_are_refused_before_anything_is_written(sites
         result = runner.invoke(app, argv)
         assert result.exit_code == 2 and message in result.output, (args, result.output)
         assert not Path(out).exists() and not state_path(Path(out)).exists()
+
+
+def test_int8_backend_scores_a_file_close_to_fp32_and_records_it(sites_bundle, tmp_path):
+    """`--backend int8` runs the trunk through torch's dynamic int8 path (`fedtune.models.backends`): same
+    rows, scores that agree with fp32, the backend named in the checkpoint record (a resume cannot mix them)."""
+    abs_ = antibodies(24, seed=11)
+    inp = write_csv(tmp_path / "lib.csv", ["id", "heavy", "light"], [[a["id"], a["heavy"], a["light"]] for a in abs_])
+    out = {}
+    for backend in ("fp32", "int8"):
+        summary = predict(sites_bundle, inp, tmp_path / f"{backend}.csv", opts=FileOptions(), batch_size=8,
+                          backend=backend, progress=False)
+        assert summary.written == 24
+        out[backend] = read_csv(tmp_path / f"{backend}.csv")
+        assert json.loads(state_path(tmp_path / f"{backend}.csv").read_text())["backend"] == backend
+    tasks = [c for c in out["fp32"][0] if c not in ("id", "heavy", "light")]
+    assert tasks
+    for task in tasks:
+        a, b = column(out["fp32"], task), column(out["int8"], task)
+        assert np.corrcoef(a, b)[0, 1] > 0.999, task

@@ -35,7 +35,7 @@ def predict_cmd(
                                                           "skipping it")] = False,
     batch_size: Annotated[int, typer.Option(help="rows per chunk (one checkpoint each)")] = 256,
     embedding_cache_mb: Annotated[float, typer.Option(help="per-chain embedding cache in MiB (0: off)")] = 256.0,
-    backend: Annotated[str, typer.Option(help="how the trunk runs: fp32")] = "fp32",
+    backend: Annotated[str, typer.Option(help="how the trunk runs on CPU: fp32, int8 (torch dynamic int8), onnx-int8 (ONNX Runtime; the onnx extra), bf16; see docs/serve.md")] = "fp32",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar on stderr")] = True,
 ):

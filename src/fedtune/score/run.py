@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ..bundle import load_bundle
+from ..models.backends import BACKENDS, BackendError, apply_backend
 from ..serve.batcher import Job, MicroBatcher
 from ..serve.cache import new_cache
 from ..serve.errors import ApiError
@@ -32,7 +33,6 @@ from ..tasks import get
 from .inputs import InputError, InputFile, Row, fingerprint
 from .outputs import CsvOutput
 
-BACKENDS = ("fp32",)     # how the trunk runs; the int8 / bf16 CPU backends plug in here (see `load_model`)
 
 
 class StrictStop(Exception):
@@ -78,6 +78,10 @@ def load_model(bundle_path, *, backend: str, device: str, batch_size: int, cache
         raise ValueError(f"unknown backend {backend!r}; this fedtune has {', '.join(BACKENDS)}")
     settings = ServeSettings.model_construct(device=device, max_batch=batch_size, max_wait_ms=0.0)
     bundle = load_bundle(bundle_path, device=settings.resolved_device())
+    try:
+        apply_backend(bundle.model, backend)        # the service's way (`serve.registry`), same numbers
+    except BackendError as exc:
+        raise ValueError(str(exc)) from None
     batcher = MicroBatcher(bundle.kind, bundle, max_batch=batch_size, max_wait_ms=0.0,
                            max_batch_tokens=settings.max_batch_tokens, max_queue=4 * batch_size,
                            cache=new_cache(cache_mb))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..models.backends import backend_of
 from ..tasks import get
 from .cache import EmbeddingCache, embed_items
 
@@ -70,6 +71,8 @@ class MicroBatcher:
         self.max_queue = max_queue
         self.metrics = metrics
         self.cache = cache            # per-part embeddings, shared by every model (keyed by bundle digest)
+        # a part's embedding depends on the bundle and on how its trunk runs (fp32, int8, ...)
+        self.namespace = f"{bundle.digest}/{backend_of(bundle.model)}"
         self.device = bundle.device
         self._pending: collections.deque[Job] = collections.deque()
         self._queued = 0
@@ -216,7 +219,7 @@ class MicroBatcher:
         refs = [(job, i) for job, start, end in slices for i in range(start, end)]
         with torch.inference_mode(), self._autocast():
             emb = embed_items(self.task, self.model, [job.items[i] for job, i in refs], cache=self.cache,
-                              namespace=self.bundle.digest, max_batch_tokens=self.max_batch_tokens)
+                              namespace=self.namespace, max_batch_tokens=self.max_batch_tokens)
         for row, (job, i) in enumerate(refs):
             if job.emb is None:
                 job.emb = torch.empty(len(job), emb.shape[1], device=emb.device)
