@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
+
+import httpx
+import pytest
 
 from fedtune.data import synthetic_fitness, synthetic_sentiment
 from fedtune.serve.settings import ServeSettings
@@ -43,3 +47,18 @@ def terminate(proc: subprocess.Popen, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def wait_until_ready(proc: subprocess.Popen, url: str, output=lambda: "", attempts: int = 600) -> None:
+    """Poll `url`/v2/health/ready every 0.2 s until it answers 200; fail, with `output()`, when the process exits
+    first or after `attempts` polls."""
+    for _ in range(attempts):
+        if proc.poll() is not None:
+            pytest.fail(f"fedtune serve exited {proc.returncode}:\n{output()}")
+        try:
+            if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"server did not come up:\n{output()}")

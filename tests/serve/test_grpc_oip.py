@@ -10,12 +10,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
 import pytest
-from serve_helpers import antibodies, metric_value, terminate, texts
+from serve_helpers import antibodies, metric_value, terminate, texts, wait_until_ready
 
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="pip install 'tritonclient[grpc]'")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -43,15 +42,7 @@ def served(sites_bundle, sentiment_bundle):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{http_port}"
     try:
-        while True:                   # no deadline of our own: the test runner's timeout bounds a hung start
-            if proc.poll() is not None:
-                pytest.fail(f"fedtune serve exited {proc.returncode}:\n{proc.stdout.read()}")
-            try:
-                if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_until_ready(proc, url, output=proc.stdout.read)
         yield url, f"127.0.0.1:{grpc_port}"
     finally:
         terminate(proc)

@@ -14,7 +14,7 @@ import time
 
 import httpx
 import pytest
-from serve_helpers import metric_value, terminate
+from serve_helpers import metric_value, terminate, wait_until_ready
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 
@@ -43,16 +43,7 @@ def test_sighup_during_the_initial_load_is_deferred_not_fatal(global_bundle_a):
             if line.startswith("loading "):
                 break
         proc.send_signal(signal.SIGHUP)                   # while the bundle loads (or just after)
-        for _ in range(600):                              # bounded wait for readiness
-            assert proc.poll() is None, "".join(seen) + "".join(list(lines.queue))
-            try:
-                if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("server did not come up")
+        wait_until_ready(proc, url, output=lambda: "".join(seen) + "".join(list(lines.queue)))
         for _ in range(300):                              # the deferred SIGHUP reloads once serving
             if metric_value(httpx.get(url + "/metrics", timeout=10).text, "fedtune_reloads_total") == 1:
                 break
