@@ -128,7 +128,7 @@ def membership_attack(fed, job, job_id: str, summary: dict, sites: dict) -> dict
             continue
         split = sites[site]
         stats = task.fit_stats(split.train) if (job.dp and task.needs_stats) else shared
-        model = task.build_model(job.trunk_config(), job.assay_list() or None)
+        model = job.build_model()      # the job's head type (mlp, ridge, ridge-mlp) as the sites built it
         model.load_state_dict(load_file(str(found[0])))
         m, o = (row_losses(model, stats, job.train_config(), d) for d in (split.train, split.test))
         per_site[site] = {"auc": attack_auc(m, o), "members": len(m), "nonmembers": len(o)}
