@@ -264,13 +264,14 @@ class FedtuneController(ModelController):
         return candidates
 
     def _select(self, candidates: dict, losses: dict, last: dict, summary: dict) -> dict:
-        """The global model of the round with the lowest median validation loss (ties: the later round)."""
-        scored = {rnd: loss for rnd, loss in losses.items() if loss is not None}
-        if not candidates or not scored:
+        """The global model `_keep_best` held: the round with the lowest median validation loss (ties: the later
+        round); the last round's when no site reported a loss."""
+        if not candidates:
             self.warning("fedtune: no validation loss reported: the final model is the last round's")
             summary["selected_round"] = {"round": self.job.rounds, "of": self.job.rounds, "by": "last (no losses)"}
             return last
-        best = min(scored, key=lambda rnd: (scored[rnd], -rnd))
+        best = next(iter(candidates))
+        scored = {rnd: loss for rnd, loss in losses.items() if loss is not None}
         summary["selected_round"] = {"round": best, "of": self.job.rounds, "by": "median validation loss over sites",
                                      "val_loss": {str(r): v for r, v in sorted(scored.items())}}
         self.info(f"fedtune: final model = round {best} of {self.job.rounds} (median validation loss "
