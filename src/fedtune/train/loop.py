@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.stats import AssayStats
+from . import embeddings as shared_embeddings
 from .config import TrainConfig, resolve_device
 
 
@@ -43,6 +44,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self._cache: dict[int, torch.Tensor] = {}
+        self._shared_key: tuple | None = None       # frozen trunk: key into train.embeddings (computed once)
         self.prox: tuple[float, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
     def set_prox(self, mu: float, reference: dict[str, torch.Tensor]) -> None:
@@ -87,6 +89,7 @@ class Trainer:
     def reset_cache(self) -> None:
         """Forget cached embeddings (call after loading new trunk weights into a frozen trunk)."""
         self._cache.clear()
+        self._shared_key = None
 
     # ---- data -> tensors ---------------------------------------------------------------------------
     def _batches(self, data, batch_size: int, shuffle: bool) -> list[np.ndarray]:
@@ -113,6 +116,13 @@ class Trainer:
 
     def _cached_embeddings(self, data) -> torch.Tensor:
         key = id(data)
+        if key not in self._cache and self.frozen:      # another Trainer of this process may have run this trunk
+            if self._shared_key is None:
+                self._shared_key = shared_embeddings.model_key(
+                    self.model, self.device, self.device.type == "cuda" and self.cfg.bf16, self.cfg.eval_batch_size)
+            hit = shared_embeddings.get(self._shared_key, data)
+            if hit is not None:
+                self._cache[key] = hit
         if key not in self._cache:
             self.model.trunk.eval()
             chunks = []
@@ -123,6 +133,8 @@ class Trainer:
             for idx, e in chunks:
                 emb[torch.as_tensor(idx, device=self.device)] = e
             self._cache[key] = emb
+            if self.frozen and emb is not None:
+                shared_embeddings.put(self._shared_key, data, emb)
         return self._cache[key]
 
     def embeddings(self, data) -> np.ndarray:
