@@ -38,3 +38,8 @@ def test_fedavg_ridge_beats_local_on_a_skewed_split(tmp_path, tiny_antibody_trun
     assert fed == pytest.approx(_mean(runs["pooled-ridge"]), abs=0.05)
     report = (tmp_path / "report" / "report.md").read_text()
     assert "FedAvg, ridge heads" in report and "pooled, ridge heads" in report
+    # every run's mean over sites has its interval, the federated one included (the sites keep their bootstrap
+    # replicates; compare rescores each site's final model and takes them where the numbers agree)
+    for title in ("local only", "FedAvg, ridge heads", "pooled (upper bound)"):
+        row = next(line for line in report.splitlines() if line.startswith(f"| {title} | mean over sites |"))
+        assert row.count("[") == row.count("]") >= 1 and "–" not in row, row

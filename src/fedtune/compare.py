@@ -92,15 +92,17 @@ def run_local(kind: str, sites: dict, trunk_cfg: TrunkConfig, cfg: TrainConfig, 
 
 
 def federated_cross_site(fed, job, job_id: str, summary: dict, sites: dict,
-                         filename: str = "final_model.safetensors") -> dict:
+                         filename: str = "final_model.safetensors") -> tuple[dict, dict]:
     """Each site's final model of a federated job (the global trunk with, for private heads, the site's own
     heads; kept on site under its kit's fedtune-runs/) on every site's test split. This runs where compare runs
-    the whole federation on one machine; across organisations it would be NVFlare's cross-site evaluation."""
+    the whole federation on one machine; across organisations it would be NVFlare's cross-site evaluation.
+    Returns (rows, own): the cross-site matrix rows and each model rescored on its own site's test split with
+    its bootstrap replicates (`with_replicates` uses them)."""
     from safetensors.torch import load_file
 
     task = get(job.kind)
     stats = task.stats_from_dict(summary.get("stats")) if task.needs_stats else None
-    rows = {}
+    rows, own = {}, {}
     for site in summary.get("sites", {}):
         found = list(fed.workdir.rglob(f"fedtune-runs/{job_id}/{site}/{filename}"))
         if not found:
@@ -108,7 +110,31 @@ def federated_cross_site(fed, job, job_id: str, summary: dict, sites: dict,
         model = job.build_model()
         model.load_state_dict(load_file(str(found[0])))
         rows[site] = cross_site_row(model, stats, job.train_config(), sites)
-    return rows
+        if site in sites and len(sites[site].test):
+            own[site] = score_test(Trainer(model, job.train_config(), stats), sites[site].test,
+                                   task.interval_paths(), seed=job.seed)
+    return rows, own
+
+
+def with_replicates(kind: str, reported: dict, rescored: dict) -> dict:
+    """The sites report n and each interval but keep their bootstrap replicates (the mean over sites needs them:
+    `train.bootstrap.mean_interval`). Where compare rescored a site's final model on that site's test split
+    (`federated_cross_site`) and got the very numbers the site reported, the site's metrics take the replicates
+    of that rescoring; elsewhere they stay as reported (the report then gives the mean without an interval)."""
+    import math
+
+    from .train.bootstrap import metric_at
+
+    paths = get(kind).interval_paths()
+    out = {}
+    for site, m in reported.items():
+        r = rescored.get(site)
+        same = r is not None and "bootstrap" in m and all(
+            (a is None and b is None) or (a is not None and b is not None and math.isclose(a, b, abs_tol=1e-6))
+            for a, b in ((metric_at(m, p), metric_at(r, p)) for p in paths))
+        out[site] = ({**m, "bootstrap": {**m["bootstrap"], "replicates": r["bootstrap"]["replicates"]}}
+                     if same else m)
+    return out
 
 
 def membership_attack(fed, job, job_id: str, summary: dict, sites: dict) -> dict:
@@ -236,21 +262,25 @@ def federated_run(fed, job, out: Path | None = None, sites: dict | None = None, 
                     if y is not None:
                         writer.add_scalar(tag, y, rnd)
             writer.close()
-    return {"metrics": {s: v["final_test"] for s, v in summary["sites"].items() if v.get("final_test")},
+    scored = sites and job_ids and cross_site
+    cross, own = federated_cross_site(fed, job, job_ids[0], summary, sites) if scored else ({}, {})
+    personal_cross, personal_own = (federated_cross_site(fed, job, job_ids[0], summary, sites,
+                                                         "personal_model.safetensors")
+                                    if scored and job.personal_epochs else ({}, {}))
+    metrics = {s: v["final_test"] for s, v in summary["sites"].items() if v.get("final_test")}
+    personal = {s: v["personal_test"] for s, v in summary["sites"].items() if v.get("personal_test")}
+    return {"metrics": with_replicates(job.kind, metrics, own),
             "val": {s: v["final_val"] for s, v in summary["sites"].items()}, "curve": curves,
             "local_curve": local_curves,
             "costs": {"bytes_per_round": summary.get("bytes_per_round"),
                       "seconds_per_round": summary.get("seconds_per_round")},
             "result": str(result), "missing": summary.get("missing", {}),
             "selected_round": summary.get("selected_round"),
-            "cross_site": (federated_cross_site(fed, job, job_ids[0], summary, sites)
-                           if sites and job_ids and cross_site else {}),
+            "cross_site": cross,
             # personalised heads (job.personal_epochs): each site's fine-tuned copy, scored on its test split once
-            "personal": {s: v["personal_test"] for s, v in summary["sites"].items() if v.get("personal_test")},
+            "personal": with_replicates(job.kind, personal, personal_own),
             "personal_val": {s: v["personal_val"] for s, v in summary["sites"].items() if v.get("personal_val")},
-            "personal_cross_site": (federated_cross_site(fed, job, job_ids[0], summary, sites,
-                                                         "personal_model.safetensors")
-                                    if sites and job_ids and job.personal_epochs and cross_site else {}),
+            "personal_cross_site": personal_cross,
             "privacy": {"dp": job.dp, "sites": summary.get("privacy", {}), "refused": summary.get("refused", {}),
                         **({"membership": membership_attack(fed, job, job_ids[0], summary, sites)}
                            if sites and job_ids else {})}}
