@@ -1,7 +1,7 @@
 """`fedtune compare` through the CLI: sentiment in two trunk modes side by side (bytes per round, accuracy).
 
 Two modes are enough for the multi-mode table; what each of the four modes sends is ordered in
-tests/models/test_trunk.py, and here the federation's bytes per round must equal it. The
+tests/models/test_travel.py, and here the federation's bytes per round must equal it. The
 other modes' federated jobs run in tests/fl (full: test_jobs.py; lora: test_lora_ffa_job.py, test_ddp.py)."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def test_compare_two_trunk_modes(tmp_path, tiny_text_trunk):
     assert list(results["runs"]) == runs
     bytes_ = {r: results["costs"][r]["bytes_per_round"] for r in runs[1:-1]}
     # what travels: ptuning = prompt encoder + head; frozen = head only; each exactly the job's model's
-    # travelling tensors (the order of all four modes: tests/models/test_trunk.py)
+    # travelling tensors (the order of all four modes: tests/models/test_travel.py)
     assert bytes_["fedavg-ptuning"] > bytes_["fedavg-frozen"] > 0
     for run in runs[1:-1]:
         job_json = find_fedtune_dir(Path(results["results"][run])) / "job.json"

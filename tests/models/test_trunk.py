@@ -91,21 +91,6 @@ def test_trunk_modes_decide_what_trains_and_travels(tiny_antibody_trunk, mode):
     assert private == {k for k in shared if not k.startswith("heads.")}
 
 
-def travelling_bytes(model) -> int:
-    """What a site sends each round with shared heads: the bytes of its travelling tensors."""
-    state = model.state_dict()
-    return sum(state[k].numel() * state[k].element_size() for k in travelling_keys(model))
-
-
-def test_trunk_modes_order_the_bytes_a_site_sends(tiny_text_trunk):
-    """full = whole trunk + heads; lora = adapters + heads; ptuning = prompt encoder + heads; frozen = heads
-    only (tests/test_compare.py checks that a federation's bytes per round are these)."""
-    sent = {m: travelling_bytes(build_model("sentiment", TrunkConfig(str(tiny_text_trunk), mode=m)))
-            for m in ("full", "lora", "ptuning", "frozen")}
-    assert sent["full"] > sent["lora"] > sent["frozen"] > 0
-    assert sent["full"] > sent["ptuning"] > sent["frozen"]
-
-
 def test_ptuning_prompt_changes_embeddings_but_not_padding_invariance(tiny_antibody_trunk):
     plain = build_model("fitness", TrunkConfig(str(tiny_antibody_trunk), mode="frozen"), SYNTHETIC_ASSAYS).eval()
     prompted = build_model("fitness", TrunkConfig(str(tiny_antibody_trunk), mode="ptuning", virtual_tokens=4),
