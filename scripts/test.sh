@@ -53,7 +53,9 @@ fi
 # The whole suite as two pytest processes side by side: the federation tests spend much of their time waiting
 # on NVFlare (task polling, job start-up, deadlines), so two shards finish well before one would on 2 cores.
 # Each line is prefixed with its shard; each shard has its own temporary folder, removed when it ends.
-FL_SHARD=(tests/fl tests/test_demo.py)
+# The fl shard also takes the seeds comparison (a federation of its own, mostly waiting on NVFlare): in CI the
+# rest shard ended about six minutes after the fl shard, with the docker tests at its end.
+FL_SHARD=(tests/fl tests/test_demo.py tests/test_compare_seeds.py)
 shard() {                         # name, pytest arguments...
   local name=$1; shift
   local tmp; tmp=$(mktemp -d -t "fedtune-tests-$name-XXXXXX")

@@ -14,8 +14,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_end_to_end_on_tiny_trunks(tmp_path, tiny_antibody_trunk, tiny_text_trunk):
-    settings = DemoSettings(fitness_samples=120, sentiment_samples=120, fitness_rounds=2, fitness_local_epochs=2,
-                            sentiment_rounds=2, fitness_trunk=str(tiny_antibody_trunk),
+    # two sites, one local epoch: the demo's path end to end (its three-site default only adds site processes)
+    settings = DemoSettings(sites=2, fitness_samples=120, sentiment_samples=120, fitness_rounds=2,
+                            fitness_local_epochs=1, sentiment_rounds=2, fitness_trunk=str(tiny_antibody_trunk),
                             sentiment_trunk=str(tiny_text_trunk), port=free_port())
     summary = run_demo(tmp_path / "demo", settings)
     for kind in ("fitness", "sentiment"):

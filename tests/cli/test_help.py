@@ -38,7 +38,7 @@ def test_prepare_then_train_local_end_to_end(tmp_path, tiny_antibody_trunk):
     subprocess.run([*fedtune_cmd(), "prepare-data", "fitness", "--out", str(tmp_path / "sites"), "--sites", "2",
                     "--samples", "160"], check=True, capture_output=True)
     res = subprocess.run([*fedtune_cmd(), "train-local", "fitness", "--data", str(tmp_path / "sites" / "site-1"),
-                          "--out", str(tmp_path / "run"), "--trunk", str(tiny_antibody_trunk), "--epochs", "3"],
+                          "--out", str(tmp_path / "run"), "--trunk", str(tiny_antibody_trunk), "--epochs", "1"],
                          capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr
     assert "validation: mean Pearson" in res.stdout

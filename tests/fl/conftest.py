@@ -60,3 +60,20 @@ def federation(tmp_path_factory, site_data):
     with LocalFederation(tmp_path_factory.mktemp("fed"), site_data, quiet=True,
                          env={"FEDTUNE_SAVE_UPDATES": "1"}) as fed:
         yield fed
+
+
+# What each site of `tampering_federation` does wrong, per job name (FEDTUNE_TEST_TAMPER, see
+# fedtune.fl.client.tamper): the poisoning and malformed-sums tests each name their jobs to match.
+TAMPERING = {"site-2@poison*": "n_train=1e12", "site-3@poison*": "nan", "site-3@scaled-*": "scale=-40",
+             "site-2@ridge-asym": "asym"}
+
+
+@pytest.fixture(scope="session")
+def tampering_federation(tmp_path_factory):
+    """One three-site federation whose sites misbehave in the jobs named in TAMPERING (and only there); sites
+    keep every upload. Shared by the tests of bad updates, which only submit jobs to it."""
+    root = tmp_path_factory.mktemp("tampering")
+    env = {"FEDTUNE_TEST_TAMPER": ";".join(f"{who}:{how}" for who, how in TAMPERING.items()),
+           "FEDTUNE_SAVE_UPDATES": "1"}
+    with LocalFederation(root / "fed", write_sites(root / "data", 3), quiet=True, env=env) as fed:
+        yield fed

@@ -150,18 +150,15 @@ def test_mlp_heads_from_ridge_start_as_the_ridge(federation, ridge_job):
     assert [m.out_features for m in head.mlp.net if isinstance(m, torch.nn.Linear)][:-1] == [128, 64, 32]
 
 
-def test_malformed_ridge_sums_are_dropped_and_named(tmp_path, make_job, make_sites, tiny_antibody_trunk):
-    """A real site process sends ridge sums with a non-symmetric Gram matrix (FEDTUNE_TEST_TAMPER): the server
-    drops that site from the solve with the reason and solves from the others."""
+def test_malformed_ridge_sums_are_dropped_and_named(tampering_federation, make_job, tiny_antibody_trunk):
+    """A real site process sends ridge sums with a non-symmetric Gram matrix (FEDTUNE_TEST_TAMPER, in the job
+    named ridge-asym: see TAMPERING in conftest.py): the server drops that site from the solve with the reason
+    and solves from the others."""
     from dataclasses import replace
 
-    from fedtune.fl.federation import LocalFederation
-
-    sites = make_sites(tmp_path / "data", 3)
     job = make_job("fitness", tiny_antibody_trunk, name="ridge-asym", min_sites=2)
     job = replace(job, head_type="ridge", trunk={**job.trunk, "mode": "frozen"})
-    with LocalFederation(tmp_path / "fed", sites, quiet=True, env={"FEDTUNE_TEST_TAMPER": "site-2:asym"}) as fed:
-        summary = json.loads((find_fedtune_dir(fed.run(job, timeout=600)) / "summary.json").read_text())
+    summary = json.loads((find_fedtune_dir(tampering_federation.run(job, timeout=600)) / "summary.json").read_text())
     assert summary["status"] == "complete"
     assert list(summary["rejected"]["ridge-sums"]) == ["site-2"]
     assert "not symmetric" in summary["rejected"]["ridge-sums"]["site-2"]

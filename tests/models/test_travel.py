@@ -93,3 +93,18 @@ def test_a_training_step_changes_only_what_trains(kind, mode, tiny_antibody_trun
     # whatever changed travels when heads are shared; with private heads only the trunk part does
     assert changed <= set(travelling_keys(model, private_heads=False))
     assert trunk_changed <= set(travelling_keys(model, private_heads=True))
+
+
+def travelling_bytes(model) -> int:
+    """What a site sends each round with shared heads: the bytes of its travelling tensors."""
+    state = model.state_dict()
+    return sum(state[k].numel() * state[k].element_size() for k in travelling_keys(model))
+
+
+def test_trunk_modes_order_the_bytes_a_site_sends(tiny_text_trunk):
+    """full = whole trunk + heads; lora = adapters + heads; ptuning = prompt encoder + heads; frozen = heads
+    only (tests/test_compare.py checks that a federation's bytes per round are these)."""
+    sent = {m: travelling_bytes(build_model("sentiment", TrunkConfig(str(tiny_text_trunk), mode=m)))
+            for m in ("full", "lora", "ptuning", "frozen")}
+    assert sent["full"] > sent["lora"] > sent["frozen"] > 0
+    assert sent["full"] > sent["ptuning"] > sent["frozen"]

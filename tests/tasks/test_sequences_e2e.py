@@ -47,7 +47,7 @@ def test_prepare_data_and_train_local(tmp_path, tiny_antibody_trunk):
 def test_compare_local_fedavg_pooled_over_a_real_federation(tmp_path, tiny_antibody_trunk):
     run("prepare-data", "sequences", "--source", EXAMPLE, "--out", tmp_path / "data", "--sites", "2")
     run("compare", "sequences", "--data", tmp_path / "data", "--out", tmp_path / "report", "--trunk",
-        tiny_antibody_trunk, "--rounds", "2", "--local-epochs", "2", "--max-length", "64")
+        tiny_antibody_trunk, "--rounds", "1", "--local-epochs", "1", "--max-length", "64")
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     assert list(results["runs"]) == ["local", "fedavg", "pooled"]
     for run_name, per_site in results["runs"].items():

@@ -25,11 +25,13 @@ job can switch dropout off with `train={"dropout": 0.0}` (masks are drawn per pr
 Site-local environment: `FEDTUNE_DATA` (the data folder), `FEDTUNE_RUNS` (where per-job outputs go;
 `fedtune client` sets `<kit>/fedtune-runs`), `FEDTUNE_SAVE_UPDATES=1` (also keep every round's upload as
 `<runs>/<job>/<site>/update-round-<n>.safetensors`, for checks), `FEDTUNE_TEST_TAMPER` (tests only: one
-named site sends a scaled, NaN or misshapen update or a false count, see `tamper`).
+named site sends a scaled, NaN or misshapen update or a false count, in every job or in the named ones, see
+`tamper`).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import sys
@@ -163,7 +165,7 @@ class SiteRunner:
                     "NUM_STEPS_CURRENT_ROUND": steps,
                     **self.privacy.after_round(trainer, os.environ.get("FEDTUNE_KIT"), self.job_id)}
         if self.dist.is_main and os.environ.get(TAMPER):
-            out = tamper(os.environ[TAMPER], self.site, out, meta_out, params)
+            out = tamper(os.environ[TAMPER], self.site, out, meta_out, params, self.job.name)
         return out, flat_metrics(final), meta_out
 
     def save_update(self, params: dict, rnd) -> Path:
@@ -245,12 +247,15 @@ class SiteRunner:
                 **({"personal_test": test} if test is not None else {})}
 
 
-def tamper(spec: str, site: str, update: dict, meta: dict, received: dict) -> dict:
+def tamper(spec: str, site: str, update: dict, meta: dict, received: dict, job: str = "") -> dict:
     """Test-only: make this site misbehave as a poisoned or broken site would, over the real federation.
-    `spec` = "<site>:<how>[;<site>:<how>...]" with how = scale=<f> (the site's change to the global model
-    times f), nan, shape (one tensor one row short), n_train=<value> (a false row count) or asym (ridge sums
-    with a non-symmetric Gram matrix). Other sites are untouched."""
-    hows = [h for t, _, h in (part.partition(":") for part in spec.split(";")) if t.strip() == site]
+    `spec` = "<who>:<how>[;<who>:<how>...]" with who = <site> (every job) or <site>@<job name pattern> (only
+    the jobs whose name matches the shell-style pattern, so one federation can serve several cases) and how =
+    scale=<f> (the site's change to the global model times f), nan, shape (one tensor one row short),
+    n_train=<value> (a false row count) or asym (ridge sums with a non-symmetric Gram matrix). Other sites
+    and jobs are untouched; the first matching entry wins."""
+    hows = [h for who, _, h in (part.partition(":") for part in spec.split(";"))
+            if _tamper_targets(who.strip(), site, job)]
     if not hows:
         return update
     how = hows[0]
@@ -272,6 +277,11 @@ def tamper(spec: str, site: str, update: dict, meta: dict, received: dict) -> di
         gram[..., 0, 1] += 1.0
         update["ridge.gram"] = gram
     return update
+
+
+def _tamper_targets(who: str, site: str, job: str) -> bool:
+    target, at, pattern = who.partition("@")
+    return target == site and (not at or fnmatch.fnmatchcase(job, pattern))
 
 
 def run_dir_for(job_id: str) -> Path:
@@ -337,7 +347,7 @@ def _serve(dist: DistContext) -> None:
         elif phase in RIDGE_PHASES:     # exact federated ridge heads: sums, then validation errors
             params, metrics, out_meta = RIDGE_PHASES[phase](runner, params, meta)
             if dist.is_main and os.environ.get(TAMPER) and "ridge.gram" in params:
-                params = tamper(os.environ[TAMPER], site, params, out_meta, {})
+                params = tamper(os.environ[TAMPER], site, params, out_meta, {}, runner.job.name)
         else:
             params, metrics, out_meta = runner.train_round(params, meta, task["keys"])
         if not dist.is_main:

@@ -38,6 +38,9 @@ LAUNCH_COMMAND = ["python3", "-u", "custom/fedtune_launch.py"]    # run in the s
 PRIVATE_HEADS_REGEX = r"^heads\."
 # a trainer busy with a large model on few cores can answer the liveness check late: be generous
 HEARTBEAT_TIMEOUT = 120.0
+# how long a site waits before asking the server for its next task, after a result or a "no task yet"
+# (NVFlare's default, 2 s, is idle time between every two phases of a job: rounds of a small job take seconds)
+TASK_REQUEST_INTERVAL = 0.5
 # a job name or job id used as a folder name: no separator, no leading dot, so never `..` nor absolute
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 SERVER_WORKFLOW = "fedtune.fl.controller.FedtuneController"
@@ -54,6 +57,7 @@ def check_name(value: object, what: str = "job name") -> str:
 
 def server_config(job: JobConfig) -> dict:
     return {"format_version": 2,
+            "server": {"task_request_interval": TASK_REQUEST_INTERVAL},
             "workflows": [{"id": "fedtune_controller", "path": SERVER_WORKFLOW,
                            "args": {"job": job.to_dict()}}],
             "components": []}
