@@ -87,13 +87,6 @@ def test_bad_dp_settings_are_refused(bad):
         DPConfig(**bad)
 
 
-def test_dp_needs_a_frozen_trunk(tiny_antibody_trunk):
-    data = synthetic_fitness(40, seed=0)
-    model = build_model("fitness", TrunkConfig(str(tiny_antibody_trunk), mode="full"), data.assays)
-    with pytest.raises(ValueError, match="frozen"):
-        DPTrainer(model, TrainConfig(progress=False), AssayStats.fit(data), dp=plan(DPConfig(epsilon=1), 40, 8, 1))
-
-
 def test_dp_training_learns_at_a_generous_epsilon_and_classification_works(tiny_antibody_trunk, tiny_text_trunk):
     model, train, val, stats = _fitness(tiny_antibody_trunk, n=300)
     dp = plan(DPConfig(epsilon=50.0, max_grad_norm=1.0), len(train), 32, 20)

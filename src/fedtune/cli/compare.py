@@ -52,7 +52,8 @@ def compare_cmd(
     workdir: Annotated[Optional[Path], typer.Option(help="federation workspace (kits, logs, job results); "
                                                          "default OUT/federation")] = None,
     dp_epsilon: Annotated[Optional[list[float]], typer.Option(
-        help="also run FedAvg with differential privacy (DP-SGD on the heads, trunk mode frozen) at this target "
+        help="also run FedAvg with differential privacy (DP-SGD on the first --trunk-mode's trainable part: the "
+             "heads with frozen, LoRA adapters + heads with lora) at this target "
              "epsilon per site over the whole job; repeat for a sweep (e.g. 1, 4, 16): the report adds utility "
              "vs epsilon and a membership-inference attack")] = None,
     dp_delta: Annotated[float, typer.Option(help="DP: delta")] = 1e-5,

@@ -183,8 +183,9 @@ def submit(
                                                        "rounds")] = 3,
     init_from: Annotated[Optional[Path], typer.Option(help="start from these weights: a job result (also a "
                                                            "failed one), a round checkpoint or a bundle")] = None,
-    dp_epsilon: Annotated[float, typer.Option(help="differential privacy (DP-SGD on the heads, trunk mode frozen): "
-                                                   "target epsilon over the whole job at each site; 0: off")] = 0.0,
+    dp_epsilon: Annotated[float, typer.Option(help="differential privacy (DP-SGD on the heads with trunk mode "
+                                                   "frozen, on LoRA adapters + heads with lora): target epsilon "
+                                                   "over the whole job at each site; 0: off")] = 0.0,
     dp_noise: Annotated[float, typer.Option(help="DP: noise multiplier instead of a target epsilon")] = 0.0,
     dp_delta: Annotated[float, typer.Option(help="DP: delta")] = 1e-5,
     dp_max_grad_norm: Annotated[float, typer.Option(help="DP: each row's gradient is clipped to this L2 norm")] = 1.0,

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from ..models import TrunkConfig
 from ..tasks import get
 from ..train import TrainConfig
-from ..train.dp import DPConfig
+from ..train.dp import DPConfig, check_trunk_mode
 from .aggregate import Aggregator, ServerOptimizer
 
 HEADS_MODES = ("shared", "private")
@@ -83,13 +83,12 @@ class JobConfig:
             raise ValueError(f"keep_checkpoints must be at least 1: {self.keep_checkpoints}")
 
     def _check_dp(self) -> dict:
-        """The DP settings, validated ({} when off): DP-SGD trains heads on a frozen trunk, and nothing may
-        train on the rows outside it (personalisation) or add to its gradients (FedProx)."""
+        """The DP settings, validated ({} when off): DP-SGD trains heads on a frozen trunk or LoRA adapters +
+        heads, and nothing may train on the rows outside it (personalisation) or add to its gradients (FedProx)."""
         cfg = DPConfig.from_dict(self.dp or {})
         if not cfg.enabled:
             return {}
-        if TrunkConfig.from_dict(self.trunk).mode != "frozen":
-            raise ValueError("differential privacy needs trunk mode 'frozen' (DP-SGD trains the heads only)")
+        check_trunk_mode(TrunkConfig.from_dict(self.trunk).mode)
         if self.personal_epochs:
             raise ValueError("differential privacy and personal_epochs: personalisation would train without DP")
         if self.prox_mu:

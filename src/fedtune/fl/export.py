@@ -80,6 +80,12 @@ def export_bundle(result: str | Path, out: str | Path) -> Path:
                        sites=sites, metrics=metrics, provenance=provenance)
 
 
+def dp_scope(mode: str) -> str:
+    """What DP-SGD trained in a job of this trunk mode (its per-row gradients were clipped under one norm)."""
+    return ("the LoRA adapters and heads together (frozen base weights)" if mode == "lora"
+            else "the heads (frozen trunk)")
+
+
 def privacy_card(job, summary: dict) -> dict:
     """The model card's privacy section: the job's DP settings, the epsilon each site spent (its own
     accountant's figure, as it reported it) and the sites whose policy refused the job."""
@@ -87,6 +93,6 @@ def privacy_card(job, summary: dict) -> dict:
     if job.dp:
         card.update(settings=job.dp, epsilon_per_site={s: p.get("epsilon") for s, p in summary.get("privacy", {}).items()},
                     per_site=summary.get("privacy", {}),
-                    scope="DP-SGD on the heads (frozen trunk), per training row (add/remove), over every round; "
-                          "label moments were not shared (each site standardised its targets itself)")
+                    scope=f"DP-SGD on {dp_scope(job.trunk_config().mode)}, per training row (add/remove), over "
+                          "every round; label moments were not shared (each site standardised its targets itself)")
     return card

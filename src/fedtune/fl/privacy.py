@@ -8,11 +8,11 @@ answers every task of it with `{"refused": reason}` and nothing else. Before eve
 epsilon it would have spent after that round (and, with a total budget, what other jobs spent); once that is
 over its limits it refuses further rounds.
 
-What DP covers: every training row, through every parameter update the site sends (the heads; the trunk is
-frozen and never travels in a DP job). The statistics phase sends row counts only: with DP the labels'
-per-column moments stay at the site (each site standardises its targets with its own statistics, which are
-never sent; the pooled statistics are the neutral mean 0, std 1, so the model card's outputs are in those
-units). Row counts (the averaging weights and the sampling rate) are treated as public, as the accountant
+What DP covers: every training row, through every parameter update the site sends (the heads on a frozen
+trunk, which never travels; or the LoRA adapters and heads, clipped together per row). The statistics phase
+sends row counts only: with DP the labels' per-column moments stay at the site (each site standardises its
+targets with its own statistics, which are never sent; the pooled statistics are the neutral mean 0, std 1,
+so the model card's outputs are in those units). Row counts (the averaging weights and the sampling rate) are treated as public, as the accountant
 does. Validation and test metrics are computed on rows that never train; they are outside the guarantee.
 """
 

@@ -1,9 +1,11 @@
-"""Differentially private training of the heads on a frozen trunk (DP-SGD, Abadi et al. 2016, on Opacus).
+"""Differentially private training (DP-SGD, Abadi et al. 2016, on Opacus) of the heads on a frozen trunk, or
+of LoRA adapters and heads together.
 
 Each step samples every training row independently with probability q = batch_size / n (Poisson sampling,
-the sampling the accountant's analysis assumes), computes one gradient per row (Opacus' GradSampleModule on
-the heads; the trunk is frozen and its embeddings cached, so the trunk never sees a gradient), clips each to
-L2 norm `max_grad_norm` (C), sums them, adds Gaussian noise N(0, (sigma C)^2) per coordinate and divides by
+the sampling the accountant's analysis assumes), computes one gradient per row over every trainable parameter
+(Opacus' GradSampleModule hooks on the model's trainable layers: the heads alone on a frozen trunk, whose
+embeddings are cached, or peft's LoRA A/B matrices and the heads, whose gradient for a row is one vector
+under one norm; the frozen base weights get none), clips each to L2 norm `max_grad_norm` (C), sums them, adds Gaussian noise N(0, (sigma C)^2) per coordinate and divides by
 the expected batch size B: the optimizer (AdamW, as in every fedtune run) receives
 (sum_i clip(g_i) + N(0, sigma^2 C^2)) / B. Opacus' RDP accountant (or PRV) turns (sigma, q, steps) into an
 (epsilon, delta) guarantee for the site's training rows (add/remove one row).
@@ -29,6 +31,15 @@ import torch
 from .loop import Trainer
 
 ACCOUNTANTS = ("rdp", "prv")
+TRUNK_MODES = ("frozen", "lora")    # what DP-SGD trains: heads alone, or LoRA adapters + heads
+
+
+def check_trunk_mode(mode: str) -> None:
+    """Refuse a trunk mode DP-SGD does not cover, with the reason."""
+    if mode not in TRUNK_MODES:
+        raise ValueError(f"differential privacy needs trunk mode 'frozen' (heads) or 'lora' (adapters + heads), "
+                         f"not {mode!r}: per-row gradients of a whole trunk ('full') or of a p-tuning prompt "
+                         f"encoder ('ptuning') are not offered")
 
 
 @dataclass
@@ -134,18 +145,18 @@ def per_row_loss(loss, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 class DPTrainer(Trainer):
     """The Trainer with DP-SGD steps (see the module docstring); evaluation and early stopping unchanged.
-    Only heads on a frozen trunk: the per-row gradients are the heads' alone."""
+    Trunk mode frozen (the per-row gradients are the heads') or lora (the adapters' and the heads')."""
 
     def __init__(self, model, cfg, stats=None, *, dp: DPPlan, writer=None, total_epochs=None, tag: str = ""):
-        if any(p.requires_grad for p in model.trunk.parameters()):
-            raise ValueError("differential privacy trains heads on a frozen trunk only (trunk mode 'frozen')")
+        trainable_trunk = any(p.requires_grad for p in model.trunk.parameters())
+        check_trunk_mode(getattr(model, "trunk_mode", "full") if trainable_trunk else "frozen")
         super().__init__(model, cfg, stats, writer=writer, total_epochs=total_epochs, tag=tag)
         from opacus import GradSampleModule
         from opacus.accountants import create_accountant
         from opacus.optimizers import DPOptimizer
         self.dp = dp
-        self._gsm = GradSampleModule(model.heads, batch_first=True, loss_reduction="sum")
-        self._params = [p for p in model.heads.parameters() if p.requires_grad]
+        self._gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")   # hooks on trainable layers
+        self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.optimizer = DPOptimizer(self.optimizer, noise_multiplier=dp.noise_multiplier,
                                      max_grad_norm=dp.max_grad_norm, expected_batch_size=cfg.batch_size,
                                      loss_reduction="mean")
@@ -181,14 +192,17 @@ class DPTrainer(Trainer):
 
     def train_step(self, data, idx: np.ndarray) -> float:
         self.model.train()
-        self.model.trunk.eval()
+        if self.frozen:
+            self.model.trunk.eval()
         self.optimizer.zero_grad(set_to_none=True)
         value = float("nan")
         if len(idx):
             with self.autocast():
                 out = self._outputs(data, idx)
             rows = per_row_loss(self.task.loss, out.float(), self._targets(data, idx))
-            rows.sum().backward()
+            with warnings.catch_warnings():   # the first hooked layer's input needs no gradient: expected
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                rows.sum().backward()
             value = float(rows.mean().item())
         else:   # an empty Poisson batch still takes a (pure noise) step: the accountant counts it
             for p in self._params:
