@@ -197,7 +197,8 @@ def memory(bundle: Path, rows: list, n_rows: int, tmp: Path, args) -> dict:
     kept = samples[:: max(1, len(samples) // 20)] + samples[-1:]       # about 20 points, with the last
     for p in (library, out):
         p.unlink()
-    return {"rows": n_rows, "format": fmt, "seconds": secs, "rows_per_s": n_rows / secs, "peak_rss_mib": round(peak / 2**20, 1),
+    return {"rows": n_rows, "format": fmt, "seconds": secs, "rows_per_s": n_rows / secs,
+            "peak_rss_mib": round(peak / 2**20, 1),
             "rss_mib_by_rows_read": kept, "summary": err.strip().splitlines()[-1] if err.strip() else ""}
 
 

@@ -37,7 +37,8 @@ def write_parquet(path: Path, columns: dict[str, list], row_group_size: int | No
 def test_parquet_input_gives_the_csv_numbers_and_keeps_typed_columns(sites_bundle, tmp_path):
     abs_ = antibodies(10, seed=21)
     opts = FileOptions(site="site-1", assays=("synthetic_hic",), raw=True)
-    csv_in = write_csv(tmp_path / "lib.csv", ["id", "heavy", "light"], [[a["id"], a["heavy"], a["light"]] for a in abs_])
+    csv_in = write_csv(tmp_path / "lib.csv", ["id", "heavy", "light"],
+                       [[a["id"], a["heavy"], a["light"]] for a in abs_])
     predict(sites_bundle, csv_in, tmp_path / "from-csv.csv", opts=opts, batch_size=4, progress=False)
     pq_in = write_parquet(tmp_path / "lib.parquet",
                           {"id": [a["id"] for a in abs_], "heavy": [a["heavy"] for a in abs_],
@@ -111,8 +112,9 @@ def test_bad_parquet_rows_are_reported_with_their_row_number_over_the_whole_file
     assert "3 rows written, 3 skipped" in result.output
     assert pq.read_table(tmp_path / "out.parquet").column("id").to_pylist() == ["ab-0", "ab-2", "ab-5"]
 
-    strict = CliRunner().invoke(app, ["predict", "--bundle", str(sites_bundle), "--input", str(inp), "--out",
-                                      str(tmp_path / "strict.parquet"), "--batch-size", "1", "--strict", "--no-progress"])
+    strict = CliRunner().invoke(app, ["predict", "--bundle", str(sites_bundle), "--input", str(inp),
+                                      "--out", str(tmp_path / "strict.parquet"), "--batch-size", "1", "--strict",
+                                      "--no-progress"])
     assert strict.exit_code == 1 and "row 2: heavy: invalid residue" in strict.output, strict.output
     parts = partial_path(tmp_path / "strict.parquet")
     assert str(parts) in strict.output.replace("\n", "")
@@ -128,8 +130,8 @@ def test_unusable_parquet_files_are_refused_before_anything_is_written(sites_bun
     for name, message in (("junk", "not a readable Parquet file"), ("nolight", "missing column(s) ['light']"),
                           ("ints", "light (int64)"), ("clash", "names of output columns")):
         out = tmp_path / f"{name}-out.parquet"
-        result = runner.invoke(app, ["predict", "--bundle", str(sites_bundle), "--input", str(tmp_path / f"{name}.parquet"),
-                                     "--out", str(out), "--no-progress"])
+        result = runner.invoke(app, ["predict", "--bundle", str(sites_bundle),
+                                     "--input", str(tmp_path / f"{name}.parquet"), "--out", str(out), "--no-progress"])
         assert result.exit_code == 2 and message in result.output, (name, result.output)
         assert not out.exists() and not state_path(out).exists() and not partial_path(out).exists()
 

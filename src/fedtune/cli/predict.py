@@ -44,8 +44,9 @@ def predict_cmd(
     (oriented z-scores, higher = more favourable), per assay when asked, own units with --raw.
 
     Streams in chunks (constant memory); bad rows are reported with their row number and skipped. Ctrl-C
-    leaves whole rows in --out and --resume continues. An existing --out is never overwritten. Exit 0 when
-    done, 1 on a bad row with --strict, 2 for unusable arguments or files, 130 when interrupted."""
+    leaves whole rows in --out (a .parquet's in <out>.parts/, one Parquet file per chunk, until the end) and
+    --resume continues. An existing --out is never overwritten. Exit 0 when done, 1 on a bad row with
+    --strict, 2 for unusable arguments or files, 130 when interrupted."""
     import signal
 
     from pydantic import ValidationError
