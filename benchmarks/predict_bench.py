@@ -9,6 +9,7 @@ Throughput runs (same library, same process, taking turns part by part; ratios w
 Memory: `fedtune predict` as its own process on inputs of `--memory-rows` rows (the library cycled, so with the
 cache the run is quick and exercises reading, validation, heads and writing), RSS sampled with the rows read so
 far (from the checkpoint) and the peak (VmHWM): flat means the peak does not grow with the rows.
+`--memory-format parquet` runs them on a Parquet input into a Parquet output instead of CSV.
 
     python benchmarks/predict_bench.py --trunk tiny --variants 200 --memory-rows 2000 20000    # plumbing
     python benchmarks/predict_bench.py --trunk antiberty                                      # the real thing
@@ -98,6 +99,19 @@ def write_library(path: Path, rows: list, n_rows: int | None = None) -> Path:
     return path
 
 
+def write_parquet_library(path: Path, rows: list, n_rows: int) -> Path:
+    """As `write_library`, a Parquet file of row groups of 65,536 rows (written group by group)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("id", pa.string()), ("heavy", pa.string()), ("light", pa.string())])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, n_rows, 65_536):
+            group = [rows[i % len(rows)] for i in range(start, min(start + 65_536, n_rows))]
+            writer.write_table(pa.table(list(zip(*group)), schema=schema))
+    return path
+
+
 def make_bundle(trunk: str, tmp: Path) -> Path:
     torch.manual_seed(0)
     cfg = TrunkConfig(trunk_source(trunk, "antibody", tmp), mode="frozen")
@@ -155,8 +169,10 @@ def rss_of(pid: int) -> tuple[int, int]:
 
 
 def memory(bundle: Path, rows: list, n_rows: int, tmp: Path, args) -> dict:
-    library = write_library(tmp / f"mem-{n_rows}.csv", rows, n_rows)
-    out = tmp / f"mem-{n_rows}-out.csv"
+    fmt = args.memory_format
+    write = write_parquet_library if fmt == "parquet" else write_library
+    library = write(tmp / f"mem-{n_rows}.{fmt}", rows, n_rows)
+    out = tmp / f"mem-{n_rows}-out.{fmt}"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     cmd = [sys.executable, "-m", "fedtune", "predict", "--bundle", str(bundle), "--input", str(library), "--out",
            str(out), "--batch-size", str(args.batch_size), "--device", args.device, "--no-progress"]
@@ -181,7 +197,8 @@ def memory(bundle: Path, rows: list, n_rows: int, tmp: Path, args) -> dict:
     kept = samples[:: max(1, len(samples) // 20)] + samples[-1:]       # about 20 points, with the last
     for p in (library, out):
         p.unlink()
-    return {"rows": n_rows, "seconds": secs, "rows_per_s": n_rows / secs, "peak_rss_mib": round(peak / 2**20, 1),
+    return {"rows": n_rows, "format": fmt, "seconds": secs, "rows_per_s": n_rows / secs,
+            "peak_rss_mib": round(peak / 2**20, 1),
             "rss_mib_by_rows_read": kept, "summary": err.strip().splitlines()[-1] if err.strip() else ""}
 
 
@@ -193,6 +210,8 @@ def main() -> None:
     p.add_argument("--variants", type=int, default=20000, help="library size for the throughput runs")
     p.add_argument("--memory-rows", type=int, nargs="*", default=[100_000, 1_000_000],
                    help="input sizes for the memory runs (the library cycled)")
+    p.add_argument("--memory-format", choices=["csv", "parquet"], default="csv",
+                   help="input and output format of the memory runs")
     p.add_argument("--memory-library", type=int, default=1000, help="distinct antibodies cycled in the memory runs")
     p.add_argument("--backends", nargs="+", default=["fp32"], help="backends measured with the cache")
     p.add_argument("--rounds", type=int, default=4, help="library parts; the configurations take turns per part")

@@ -257,9 +257,8 @@ def test_sigint_leaves_whole_rows_and_resume_completes_the_run(sites_bundle, tmp
 
 def test_unusable_files_and_options_are_refused_before_anything_is_written(sites_bundle, tmp_path):
     inp = write_csv(tmp_path / "lib.csv", ["heavy", "light"], [[a["heavy"], a["light"]] for a in antibodies(2)])
-    (tmp_path / "lib.parquet").write_bytes(b"PAR1")
     runner = CliRunner()
-    for args, message in ((["--input", str(tmp_path / "lib.parquet")], "needs pyarrow"),
+    for args, message in ((["--input", str(tmp_path / "lib.xlsx")], "no such file"),
                           (["--input", str(inp), "--out", str(tmp_path / "out.xlsx")], "unknown output format"),
                           (["--input", str(inp), "--tasks", "binding,nonsense"], "unknown tasks ['nonsense']"),
                           (["--input", str(inp), "--site", "site-9"], "unknown site 'site-9'"),

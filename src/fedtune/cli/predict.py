@@ -19,9 +19,10 @@ def _names(values: list[str] | None) -> tuple[str, ...] | None:
 @app.command("predict")
 def predict_cmd(
     bundle: Annotated[Path, typer.Option(help="an export bundle folder")],
-    input: Annotated[Path, typer.Option("--input", help="CSV/TSV (the kind's columns, e.g. heavy,light or text; "
-                                                        "others kept), FASTA (<id>_H / <id>_L), or .txt")],
-    out: Annotated[Path, typer.Option(help="output .csv or .tsv: the input columns + one per prediction")],
+    input: Annotated[Path, typer.Option("--input", help="CSV/TSV or Parquet (the kind's columns, e.g. heavy,light "
+                                                        "or text; others kept), FASTA (<id>_H / <id>_L), or .txt")],
+    out: Annotated[Path, typer.Option(help="output .csv, .tsv or .parquet: the input columns + one per "
+                                           "prediction")],
     site: Annotated[Optional[str], typer.Option(
         help="a site's own heads (default: global, or mean over sites)")] = None,
     tasks: Annotated[Optional[list[str]], typer.Option(help="tasks to score (fitness; comma-separated or "
@@ -43,15 +44,16 @@ def predict_cmd(
     (oriented z-scores, higher = more favourable), per assay when asked, own units with --raw.
 
     Streams in chunks (constant memory); bad rows are reported with their row number and skipped. Ctrl-C
-    leaves whole rows in --out and --resume continues. An existing --out is never overwritten. Exit 0 when
-    done, 1 on a bad row with --strict, 2 for unusable arguments or files, 130 when interrupted."""
+    leaves whole rows in --out (a .parquet's in <out>.parts/, one Parquet file per chunk, until the end) and
+    --resume continues. An existing --out is never overwritten. Exit 0 when done, 1 on a bad row with
+    --strict, 2 for unusable arguments or files, 130 when interrupted."""
     import signal
 
     from pydantic import ValidationError
 
     from fedtune.bundle import BundleError
     from fedtune.score.inputs import InputError
-    from fedtune.score.outputs import OutputError
+    from fedtune.score.outputs import OutputError, partial_path
     from fedtune.score.run import StrictStop, predict
     from fedtune.serve.errors import ApiError
     from fedtune.serve.kinds import FileOptions
@@ -65,8 +67,8 @@ def predict_cmd(
         summary = predict(bundle, input, out, opts=opts, resume=resume, strict=strict, batch_size=batch_size,
                           cache_mb=embedding_cache_mb, backend=backend, device=device, progress=progress)
     except StrictStop as exc:
-        typer.secho(f"error: {input}: {exc} (--strict); the rows before it are in {out}, --resume continues "
-                    f"after fixing it", fg="red", err=True)
+        typer.secho(f"error: {input}: {exc} (--strict); the rows before it are in {partial_path(out)}, --resume "
+                    f"continues after fixing it", fg="red", err=True)
         raise typer.Exit(1)
     except ApiError as exc:
         typer.secho(f"error: {exc.message}", fg="red", err=True)
@@ -81,6 +83,6 @@ def predict_cmd(
         signal.signal(signal.SIGTERM, previous)
     typer.echo(summary.line(out), err=True)
     if summary.interrupted:
-        typer.secho(f"interrupted: {out} holds whole rows; run again with --resume to continue", fg="yellow",
-                    err=True)
+        typer.secho(f"interrupted: {partial_path(out)} holds whole rows; run again with --resume to continue",
+                    fg="yellow", err=True)
         raise typer.Exit(130)

@@ -8,9 +8,11 @@
   The output has the columns `id` and the kind's columns.
 - Plain text (`.txt`): one text per line (a kind of one column, e.g. sentiment); the output column is that
   column's name.
+- Parquet (`.parquet`): the columns of a CSV, read in record batches (`score.parquet`); the kind's columns
+  hold strings, the others keep their types; a null in one of the kind's columns is a bad row.
 
 Rows are numbered from 1 (the first data row; a FASTA row is its pair of records). A row that cannot be read
-(a wrong number of fields, a missing or unpaired record) comes back with its `problem` set; the caller
+(a wrong number of fields, a missing or unpaired record, a null) comes back with its `problem` set; the caller
 reports it and goes on.
 """
 
@@ -53,10 +55,12 @@ def fingerprint(path: Path) -> tuple[str, int, int]:
 
 
 class InputFile:
-    """`header` (the output's leading columns), `rows()` (a generator of Row), `estimate(lines)` (rows)."""
+    """`header` (the output's leading columns), `types` (their Arrow types for a Parquet input, else None),
+    `rows()` (a generator of Row), `estimate(lines)` (rows)."""
 
     def __init__(self, path: str | Path, columns: tuple[str, ...]):
         self.path, self.columns = Path(path), tuple(columns)
+        self.types = None                          # the header's Arrow types (a Parquet input)
         suffix = self.path.suffix.lower()
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such file")
@@ -72,11 +76,12 @@ class InputFile:
                                  f"columns {list(self.columns)}: give a CSV or FASTA file")
             self.format, self.header = "text", list(self.columns)
         elif suffix == ".parquet":
-            raise InputError(f"{self.path}: Parquet input needs pyarrow, which fedtune does not install; "
-                             f"convert the file to CSV (e.g. pandas: read_parquet(...).to_csv(...))")
+            from .parquet import open_input
+            self.format = "parquet"
+            self.header, self.types, self._rows = open_input(self.path, self.columns)
         else:
             raise InputError(f"{self.path}: unknown input format {suffix or '(no extension)'!r}; use .csv, .tsv, "
-                             f".fasta/.fa, or .txt (one text per line)")
+                             f".fasta/.fa, .parquet, or .txt (one text per line)")
 
     def _csv_header(self) -> list[str]:
         with self.path.open(newline="", **ENCODING) as f:
@@ -102,9 +107,14 @@ class InputFile:
             return max(lines - 1, 0)
         if self.format == "fasta":
             return max(lines // (2 * max(len(self.columns), 1)), 1)
+        if self.format == "parquet":
+            return self._rows                      # the footer says
         return lines
 
     def rows(self):
+        if self.format == "parquet":
+            from .parquet import read_rows
+            return read_rows(self.path, self.header, self.columns)
         return {"csv": self._csv_rows, "fasta": self._fasta_rows, "text": self._text_rows}[self.format]()
 
     def _csv_rows(self):

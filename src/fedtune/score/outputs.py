@@ -1,5 +1,6 @@
 """The output file of `fedtune predict` and its checkpoint, so that an interrupted run leaves whole rows and
-`--resume` continues it.
+`--resume` continues it. `open_output` picks the format by suffix: CSV/TSV here, Parquet in `score.parquet`
+(written as one part file per checkpoint, assembled at the end: see there).
 
 Beside `<out>` lives `<out>.fedtune-predict.json`, written (atomically) after every chunk: which bundle, input
 file (sha256) and options the run uses, how many input rows it has consumed and written, and the length and
@@ -33,10 +34,21 @@ def state_path(out: Path) -> Path:
     return out.with_name(out.name + ".fedtune-predict.json")
 
 
+def partial_path(out: Path) -> Path:
+    """Where the rows of an unfinished run are: the output itself, or for Parquet its parts folder."""
+    return out.with_name(out.name + ".parts") if out.suffix.lower() == ".parquet" else out
+
+
 def _format(value) -> str:
+    """A prediction's text."""
     if isinstance(value, float):
         return f"{value:.7g}"            # float32 precision
     return str(value)
+
+
+def _cell(value) -> str:
+    """An input cell's text (a Parquet input's values are typed: a null is an empty cell, a float in full)."""
+    return "" if value is None else str(value)
 
 
 def read_state(out: Path) -> dict | None:
@@ -53,42 +65,39 @@ def read_state(out: Path) -> dict | None:
     return state
 
 
-class CsvOutput:
-    """Rows appended to a CSV/TSV file, with a checkpoint after each chunk (`commit`)."""
+class PartialOutput:
+    """An output written chunk after chunk with a checkpoint after each (`commit`): `create` (refuses what
+    exists), `resume` (checks the checkpoint and what was written), `write`, `commit`, `rollback`, `close`.
+    `partial` is where the rows written so far are while the run is unfinished."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        suffix = self.path.suffix.lower()
-        if suffix == ".parquet":
-            raise OutputError(f"{self.path}: Parquet output needs pyarrow, which fedtune does not install; "
-                              f"write .csv or .tsv")
-        if suffix not in OUTPUT_DELIMITERS:
-            raise OutputError(f"{self.path}: unknown output format {suffix or '(no extension)'!r}; use .csv or .tsv")
-        self.delimiter = OUTPUT_DELIMITERS[suffix]
         self.state: dict = {}
-        self._file = None
         self._hash = hashlib.sha256()
 
+    @property
+    def partial(self) -> Path:
+        return partial_path(self.path)
+
     # ---- opening -------------------------------------------------------------------------------------
-    def create(self, identity: dict, header: list[str]) -> None:
-        """A new output (refused when `path` or its checkpoint exists: nothing is ever overwritten)."""
+    def _refuse_existing(self) -> None:
         for p in (self.path, state_path(self.path)):
             if p.exists() or p.is_symlink():
                 raise OutputError(f"{p} exists; fedtune never overwrites it: give another --out, or --resume "
                                   f"to continue a run fedtune interrupted")
-        try:
-            self._file = open(self.path, "xb")     # O_EXCL: a file created meanwhile is not truncated either
-        except OSError as exc:
-            raise OutputError(f"{self.path}: cannot create: {exc}") from None
+
+    def create(self, identity: dict, header: list[str]) -> None:
+        """A new output (refused when `path` or its checkpoint exists: nothing is ever overwritten)."""
+        self._refuse_existing()
         self.state = {"format": STATE_FORMAT, "version": STATE_VERSION, **identity, "header": header,
-                      "rows_read": 0, "written": 0, "skipped": 0, "bytes": 0, "sha256": self._hash.hexdigest(),
+                      "rows_read": 0, "written": 0, "skipped": 0, "sha256": self._hash.hexdigest(),
                       "complete": False}
-        self.write([header])
+        self._start()
         self.commit(0, 0, 0)
 
     def resume(self, identity: dict) -> dict:
-        """Reopen an output this command wrote for the same bundle, input and options; cut it back to its
-        last checkpoint. Returns the checkpoint (rows read, written, skipped so far)."""
+        """Reopen an output this command wrote for the same bundle, input and options, at its last
+        checkpoint. Returns the checkpoint (rows read, written, skipped so far)."""
         state = read_state(self.path)
         if state is None:
             raise OutputError(f"--resume: {self.path} has no fedtune checkpoint ({state_path(self.path).name}); "
@@ -99,6 +108,65 @@ class CsvOutput:
                                   f"({state.get(key)!r}, now {value!r}); left untouched")
         if state.get("complete"):
             raise OutputError(f"--resume: {self.path} is already complete ({state['written']} rows); nothing to do")
+        self._hash = self._reopen(state)
+        self.state = state
+        return state
+
+    def _start(self) -> None:
+        """Create the output's files (`create`, after the checks)."""
+        raise NotImplementedError
+
+    def _reopen(self, state: dict):
+        """Check what was written against `state` and reopen it there; the sha256 object of what is kept."""
+        raise NotImplementedError
+
+    # ---- writing -------------------------------------------------------------------------------------
+    def write(self, rows: list[list]) -> None:
+        raise NotImplementedError
+
+    def commit(self, rows_read: int, written: int, skipped: int, complete: bool = False) -> None:
+        """Make the rows written so far durable and record the checkpoint."""
+        raise NotImplementedError
+
+    def save_state(self) -> None:
+        """Write the checkpoint atomically (a temporary file, fsync, rename)."""
+        path = state_path(self.path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.state, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def rollback(self) -> None:
+        """Drop what was written after the last checkpoint (an interrupted chunk leaves no partial row)."""
+
+    def close(self) -> None:
+        """Release the output's files."""
+
+
+class CsvOutput(PartialOutput):
+    """Rows appended to a CSV/TSV file; a checkpoint records its length and digest."""
+
+    def __init__(self, path: str | Path, inputs: int = 0):
+        super().__init__(path)
+        self.delimiter = OUTPUT_DELIMITERS[self.path.suffix.lower()]
+        self.inputs = inputs                       # the leading cells of a row are the input's
+        self._file = None
+
+    def _start(self) -> None:
+        try:
+            self._file = open(self.path, "xb")     # O_EXCL: a file created meanwhile is not truncated either
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot create: {exc}") from None
+        self.state["bytes"] = 0
+        self._write_text([self.state["header"]])
+
+    def _reopen(self, state: dict):
         if not self.path.is_file() or self.path.is_symlink():
             raise OutputError(f"--resume: {self.path} is missing or not a plain file")
         size, h = state["bytes"], hashlib.sha256()
@@ -116,38 +184,28 @@ class CsvOutput:
         self._file = open(self.path, "r+b")
         self._file.truncate(size)                  # rows written after the last checkpoint are written again
         self._file.seek(size)
-        self._hash, self.state = h, state
-        return state
+        return h
 
-    # ---- writing -------------------------------------------------------------------------------------
     def write(self, rows: list[list]) -> None:
+        n = self.inputs
+        self._write_text([[_cell(v) for v in row[:n]] + [_format(v) for v in row[n:]] for row in rows])
+
+    def _write_text(self, rows: list[list[str]]) -> None:
         buf = io.StringIO()
         writer = csv.writer(buf, delimiter=self.delimiter, lineterminator="\n")
-        writer.writerows([[_format(v) for v in row] for row in rows])
+        writer.writerows(rows)
         data = buf.getvalue().encode(*ENCODING)
         self._file.write(data)
         self._hash.update(data)
 
     def commit(self, rows_read: int, written: int, skipped: int, complete: bool = False) -> None:
-        """Flush the rows written so far and record the checkpoint."""
         self._file.flush()
         os.fsync(self._file.fileno())
         self.state.update(rows_read=rows_read, written=written, skipped=skipped, bytes=self._file.tell(),
                           sha256=self._hash.hexdigest(), complete=complete)
-        path = state_path(self.path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.state, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        self.save_state()
 
     def rollback(self) -> None:
-        """Cut the output back to the last checkpoint (an interrupted chunk leaves no partial row)."""
         if self._file is not None and not self._file.closed:
             self._file.flush()
             self._file.truncate(self.state["bytes"])
@@ -156,3 +214,18 @@ class CsvOutput:
     def close(self) -> None:
         if self._file is not None and not self._file.closed:
             self._file.close()
+
+
+def open_output(path: str | Path, input_types: list | None, inputs: int) -> PartialOutput:
+    """The output for `path`'s suffix: `inputs` leading input columns, of the Arrow `input_types` when the
+    input is Parquet (strings otherwise)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow as pa
+
+        from .parquet import ParquetOutput
+        return ParquetOutput(path, input_types if input_types is not None else [pa.string()] * inputs)
+    if suffix not in OUTPUT_DELIMITERS:
+        raise OutputError(f"{path}: unknown output format {suffix or '(no extension)'!r}; use .csv, .tsv or .parquet")
+    return CsvOutput(path, inputs)

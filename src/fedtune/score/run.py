@@ -31,7 +31,7 @@ from ..serve.registry import LoadedModel
 from ..serve.settings import ServeSettings
 from ..tasks import get
 from .inputs import InputError, InputFile, Row, fingerprint
-from .outputs import CsvOutput
+from .outputs import open_output, partial_path
 
 
 
@@ -58,7 +58,8 @@ class Summary:
         cache = (f"; embedding cache: {self.cache['hits']} hits, {self.cache['misses']} misses" if self.cache
                  else "; embedding cache off")
         state = "interrupted: " if self.interrupted else ""
-        return (f"{state}{self.written} rows written, {self.skipped} skipped to {out} "
+        where = partial_path(out) if self.interrupted else out
+        return (f"{state}{self.written} rows written, {self.skipped} skipped to {where} "
                 f"({self.rows_read} input rows read, {rate:.1f} rows/s{cache})")
 
 
@@ -195,7 +196,7 @@ def _run(model, settings, input: Path, out: Path, opts, resume, strict, batch_si
                 "input": {"sha256": sha, "bytes": size},
                 "options": {"site": opts.site, "tasks": list(opts.tasks or []), "assays": list(opts.assays or []),
                             "raw": opts.raw}}
-    output = CsvOutput(out)
+    output = open_output(out, source.types, len(source.header))
     scorer = _Scorer(model, settings, opts, strict, report or (lambda msg: tqdm.write(msg, file=sys.stderr)))
     summary = Summary()
     if resume:
