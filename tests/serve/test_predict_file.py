@@ -53,6 +53,25 @@ def rest(sites_bundle, sentiment_bundle, sequences_bundle):
             yield c
 
 
+def interrupt_predict(cmd: list[str], out: Path, rows: int) -> str:
+    """Run `cmd`, SIGINT it once the checkpoint records `rows` rows written; its output (exit code 130)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        while True:
+            if state_path(out).exists() and json.loads(state_path(out).read_text() or "{}").get("written", 0) >= rows:
+                break
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    return output
+
+
 def test_csv_gives_the_rest_numbers_and_keeps_the_input_columns(rest, sites_bundle, tmp_path):
     abs_ = antibodies(12, seed=7)
     inp = write_csv(tmp_path / "lib.csv", ["id", "heavy", "light", "note"],
@@ -218,22 +237,9 @@ def test_sigint_leaves_whole_rows_and_resume_completes_the_run(sites_bundle, tmp
     abs_ = antibodies(n, seed=12)
     inp = write_csv(tmp_path / "lib.csv", ["id", "heavy", "light"], [[a["id"], a["heavy"], a["light"]] for a in abs_])
     out = tmp_path / "out.csv"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "fedtune", "predict", "--bundle", str(sites_bundle), "--input", str(inp),
            "--out", str(out), "--batch-size", "20", "--embedding-cache-mb", "0"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        while True:                  # interrupt once the first chunks are checkpointed
-            if state_path(out).exists() and json.loads(state_path(out).read_text() or "{}").get("written", 0) >= 40:
-                break
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, output
+    output = interrupt_predict(cmd, out, 40)           # once the first chunks are checkpointed
     assert "--resume" in output
     state = json.loads(state_path(out).read_text())
     assert not state["complete"] and 40 <= state["written"] < n

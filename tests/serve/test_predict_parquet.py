@@ -6,11 +6,7 @@ that exists is overwritten."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from serve_helpers import antibodies, texts
-from test_predict_file import column, read_csv, write_csv
+from test_predict_file import column, interrupt_predict, read_csv, write_csv
 from typer.testing import CliRunner
 
 from fedtune.cli import app
@@ -162,32 +158,13 @@ def test_an_existing_parquet_output_or_parts_folder_is_never_overwritten(sites_b
     assert ours.read_bytes() == before
 
 
-def _interrupt(cmd: list[str], out: Path, rows: int) -> str:
-    """Run `cmd`, SIGINT it once the checkpoint records `rows` rows written; its output (exit code 130)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        while True:
-            if state_path(out).exists() and json.loads(state_path(out).read_text() or "{}").get("written", 0) >= rows:
-                break
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, output
-    return output
-
-
 def test_sigint_leaves_a_readable_partial_dataset_and_resume_completes_it(sites_bundle, tmp_path):
     n = 600
     abs_ = antibodies(n, seed=24)
     inp = write_parquet(tmp_path / "lib.parquet", {"id": [a["id"] for a in abs_], "heavy": [a["heavy"] for a in abs_],
                                                    "light": [a["light"] for a in abs_]}, row_group_size=128)
     out = tmp_path / "out.parquet"
-    output = _interrupt([sys.executable, "-m", "fedtune", "predict", "--bundle", str(sites_bundle), "--input",
+    output = interrupt_predict([sys.executable, "-m", "fedtune", "predict", "--bundle", str(sites_bundle), "--input",
                          str(inp), "--out", str(out), "--batch-size", "20", "--embedding-cache-mb", "0"], out, 40)
     assert "--resume" in output and str(partial_path(out)) in output.replace("\n", "")
     state = json.loads(state_path(out).read_text())
