@@ -53,6 +53,17 @@ def rest(sites_bundle, sentiment_bundle, sequences_bundle):
             yield c
 
 
+def assert_finished_output_is_kept(bundle, inp, ours):
+    """A finished run's output is neither overwritten by a new run nor resumed onto."""
+    predict(bundle, inp, ours, progress=False)
+    before = ours.read_bytes()
+    with pytest.raises(OutputError, match="exists"):
+        predict(bundle, inp, ours, progress=False)
+    with pytest.raises(OutputError, match="already complete"):
+        predict(bundle, inp, ours, resume=True, progress=False)
+    assert ours.read_bytes() == before
+
+
 def interrupt_predict(cmd: list[str], out: Path, rows: int) -> str:
     """Run `cmd`, SIGINT it once the checkpoint records `rows` rows written; its output (exit code 130)."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
@@ -204,14 +215,7 @@ def test_an_existing_output_is_never_overwritten(sites_bundle, tmp_path):
     with pytest.raises(OutputError, match="no fedtune checkpoint"):        # --resume onto a file fedtune did not write
         predict(sites_bundle, inp, mine, resume=True, progress=False)
     assert mine.read_text() == "my precious results\n"
-    ours = tmp_path / "ours.csv"                      # a finished run is not overwritten either, nor resumed
-    predict(sites_bundle, inp, ours, progress=False)
-    before = ours.read_bytes()
-    with pytest.raises(OutputError, match="exists"):
-        predict(sites_bundle, inp, ours, progress=False)
-    with pytest.raises(OutputError, match="already complete"):
-        predict(sites_bundle, inp, ours, resume=True, progress=False)
-    assert ours.read_bytes() == before
+    assert_finished_output_is_kept(sites_bundle, inp, tmp_path / "ours.csv")
 
 
 def test_resume_refuses_a_changed_output_or_another_input(sites_bundle, tmp_path):

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from serve_helpers import antibodies, texts
-from test_predict_file import column, interrupt_predict, read_csv, write_csv
+from test_predict_file import assert_finished_output_is_kept, column, interrupt_predict, read_csv, write_csv
 from typer.testing import CliRunner
 
 from fedtune.cli import app
@@ -148,14 +148,7 @@ def test_an_existing_parquet_output_or_parts_folder_is_never_overwritten(sites_b
     with pytest.raises(OutputError, match="never overwrites"):
         predict(sites_bundle, inp, other, progress=False)
     assert (partial_path(other) / "keep.txt").read_text() == "mine" and not other.exists()
-    ours = tmp_path / "ours.parquet"
-    predict(sites_bundle, inp, ours, progress=False)
-    before = ours.read_bytes()
-    with pytest.raises(OutputError, match="exists"):
-        predict(sites_bundle, inp, ours, progress=False)
-    with pytest.raises(OutputError, match="already complete"):
-        predict(sites_bundle, inp, ours, resume=True, progress=False)
-    assert ours.read_bytes() == before
+    assert_finished_output_is_kept(sites_bundle, inp, tmp_path / "ours.parquet")
 
 
 def test_sigint_leaves_a_readable_partial_dataset_and_resume_completes_it(sites_bundle, tmp_path):
