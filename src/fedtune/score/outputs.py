@@ -81,7 +81,7 @@ class PartialOutput:
 
     # ---- opening -------------------------------------------------------------------------------------
     def _refuse_existing(self) -> None:
-        for p in (self.path, state_path(self.path)):
+        for p in dict.fromkeys((self.path, state_path(self.path), self.partial)):
             if p.exists() or p.is_symlink():
                 raise OutputError(f"{p} exists; fedtune never overwrites it: give another --out, or --resume "
                                   f"to continue a run fedtune interrupted")

@@ -117,12 +117,6 @@ class ParquetOutput(PartialOutput):
     def part(self, i: int) -> Path:
         return self.parts / f"part-{i:06d}.parquet"
 
-    def _refuse_existing(self) -> None:
-        super()._refuse_existing()
-        if self.parts.exists() or self.parts.is_symlink():
-            raise OutputError(f"{self.parts} exists; fedtune never overwrites it: give another --out, or --resume "
-                              f"to continue a run fedtune interrupted")
-
     def _start(self) -> None:
         try:
             self.parts.mkdir()                     # fails when it exists: the folder is fedtune's
