@@ -68,9 +68,9 @@ def train_and_evaluate(kind: str, train, vals: dict, trunk_cfg: TrunkConfig, cfg
     return model, stats, val_metrics, test_metrics
 
 
-def cross_site_row(model, stats, cfg: TrainConfig, sites: dict) -> dict:
-    """One model's key metric on every site's test split ({test site: value}): a row of the cross-site matrix."""
-    trainer = Trainer(model, cfg, stats)
+def cross_site_row(trainer: Trainer, sites: dict) -> dict:
+    """One model's (its Trainer's) key metric on every site's test split ({test site: value}): a row of the
+    cross-site matrix."""
     key = trainer.task.key_metric
     return {site: trainer.evaluate(split.test).get(key) for site, split in sites.items() if len(split.test)}
 
@@ -87,7 +87,7 @@ def run_local(kind: str, sites: dict, trunk_cfg: TrunkConfig, cfg: TrainConfig, 
         results["val"][site] = val[site]
         if site in test:
             results["test"][site] = test[site]
-        results["cross_site"][site] = cross_site_row(model, stats, cfg, sites)
+        results["cross_site"][site] = cross_site_row(Trainer(model, cfg, stats), sites)
     return results
 
 
@@ -109,10 +109,10 @@ def federated_cross_site(fed, job, job_id: str, summary: dict, sites: dict,
             continue
         model = job.build_model()
         model.load_state_dict(load_file(str(found[0])))
-        rows[site] = cross_site_row(model, stats, job.train_config(), sites)
+        trainer = Trainer(model, job.train_config(), stats)      # one per model: its embeddings computed once
+        rows[site] = cross_site_row(trainer, sites)
         if site in sites and len(sites[site].test):
-            own[site] = score_test(Trainer(model, job.train_config(), stats), sites[site].test,
-                                   task.interval_paths(), seed=job.seed)
+            own[site] = score_test(trainer, sites[site].test, task.interval_paths(), seed=job.seed)
     return rows, own
 
 
