@@ -126,10 +126,14 @@ def test_site_policy_command_writes_and_shows_the_policy(tmp_path):
     assert read_policy(k).max_epsilon == 4            # a bad command loses nothing
 
 
-def test_job_config_refuses_dp_outside_frozen_heads():
-    with pytest.raises(ValueError, match="frozen"):
-        JobConfig(kind="fitness", trunk={"source": "x", "mode": "lora"},
-                  assays=[a.to_dict() for a in SYNTHETIC_ASSAYS], dp={"epsilon": 4})
+def test_job_config_refuses_dp_outside_frozen_heads_and_lora():
+    for mode in ("full", "ptuning"):
+        with pytest.raises(ValueError, match=f"not '{mode}'"):
+            JobConfig(kind="fitness", trunk={"source": "x", "mode": mode},
+                      assays=[a.to_dict() for a in SYNTHETIC_ASSAYS], dp={"epsilon": 4})
+    lora = JobConfig(kind="fitness", trunk={"source": "x", "mode": "lora"},
+                     assays=[a.to_dict() for a in SYNTHETIC_ASSAYS], dp={"epsilon": 4})
+    assert lora.dp_config().epsilon == 4.0
     with pytest.raises(ValueError, match="personal"):
         dp_job(epsilon=4.0).__class__(**{**dp_job(epsilon=4.0).to_dict(), "personal_epochs": 3})
     with pytest.raises(ValueError, match="unknown dp settings"):
