@@ -1,6 +1,9 @@
 """A site's privacy policy (fedtune.fl.policy, fedtune.fl.privacy): pure checks, the file a site admin
-writes with `fedtune site-policy`, a corrupt policy refusing every job, and the budget across jobs. The
-refusal over a real federation is in test_dp_federation.py."""
+writes with `fedtune site-policy`, a corrupt policy refusing every job, and the budget across jobs; and its
+gate (fedtune.fl.gate) as NVFlare runs it: an authorization check of a job's deployment in the site's parent
+process, with NVFlare's own FLContext and event, reading the policy from the site's kit and the job's declared
+settings from the meta.json fedtune writes. The refusals over a real federation are in
+test_dp_federation.py."""
 
 from __future__ import annotations
 
@@ -10,9 +13,15 @@ import subprocess
 import sys
 
 import pytest
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.workspace import Workspace
 
 from fedtune.data import SYNTHETIC_ASSAYS
 from fedtune.fl.config import JobConfig
+from fedtune.fl.gate import GATE_FILE, PrivacyGate, deploy_refusal, deploy_refusals, gate_path, install_gate
+from fedtune.fl.job import build_job
 from fedtune.fl.policy import (PolicyError, SitePolicy, read_policy, record_spent, refusal, spent,
                                write_policy)
 from fedtune.fl.privacy import SitePrivacy
@@ -23,6 +32,7 @@ DP = {"epsilon": 4.0, "delta": 1e-5, "noise_multiplier": 1.2, "max_grad_norm": 1
 
 def kit(tmp_path):
     (tmp_path / "startup").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "local").mkdir(exist_ok=True)                   # as NVFlare's provisioning leaves a site kit
     (tmp_path / "startup" / "fed_client.json").write_text("{}")
     return tmp_path
 
@@ -74,13 +84,13 @@ def test_policy_file_round_trip_mode_and_no_overwrite_of_foreign_files(tmp_path)
                                   '{"max_epsilon": 4}'])
 def test_a_corrupt_policy_refuses_every_job(tmp_path, text):
     k = kit(tmp_path)
-    (k / "local").mkdir()
     (k / "local" / "fedtune-privacy.json").write_text(text)
     with pytest.raises(PolicyError):
         read_policy(k)
     for job in (dp_job(epsilon=1.0), dp_job()):      # with or without DP: refused, never waved through
         why = SitePrivacy(job, n_train=100).admit(str(k), "job-1", "stats")
         assert why and "privacy policy is invalid" in why
+        assert "policy cannot be read, every job is refused" in deploy(k, meta_of(job, tmp_path))[1]
 
 
 def test_site_plans_checks_and_stops_when_its_budget_is_spent(tmp_path):
@@ -119,6 +129,7 @@ def test_site_policy_command_writes_and_shows_the_policy(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert read_policy(k) == SitePolicy(require_dp=True, max_epsilon=4, min_noise_multiplier=0.5, max_grad_norm=1)
+    assert gate_path(k).is_file() and "privacy gate installed" in out.stdout     # the NVFlare side of it
     shown = subprocess.run([*run, "--show"], capture_output=True, text=True)
     assert json.loads(shown.stdout)["policy"]["max_epsilon"] == 4
     bad = subprocess.run([*run, "--max-epsilon", "-3"], capture_output=True, text=True)
@@ -140,3 +151,75 @@ def test_job_config_refuses_dp_outside_frozen_heads_and_lora():
         dp_job(epsilom=4.0)
     assert dp_job().dp == {} and dp_job().dp_config() is None
     assert dp_job(epsilon=4.0).dp_config().epsilon == 4.0
+
+def deploy(kit_dir, meta, command="submit_job") -> tuple[bool, str]:
+    """What NVFlare's SiteSecurity sees after firing the check at the site's components."""
+    ctx = FLContext()
+    ctx.set_prop(FLContextKey.WORKSPACE_OBJECT, Workspace(root_dir=str(kit_dir), site_name="site-1"), private=True)
+    ctx.set_prop(FLContextKey.COMMAND_NAME, command, sticky=False)
+    ctx.set_prop(FLContextKey.SECURITY_ITEMS, {FLContextKey.JOB_META: meta}, private=True, sticky=False)
+    PrivacyGate().handle_event(EventType.AUTHORIZE_COMMAND_CHECK, ctx)
+    return ctx.get_prop(FLContextKey.AUTHORIZATION_RESULT, True), ctx.get_prop(FLContextKey.AUTHORIZATION_REASON, "")
+
+
+def meta_of(job, tmp_path) -> dict:
+    return json.loads((build_job(job, tmp_path / "jobs") / "meta.json").read_text())
+
+
+def test_gate_refuses_deployment_below_the_policy_and_admits_the_rest(tmp_path):
+    site = kit(tmp_path / "kit")
+    plain, dp4, dp1 = (meta_of(dp_job(**dp), tmp_path) for dp in ({}, {"epsilon": 4.0}, {"epsilon": 1.0}))
+    assert dp4["fedtune"]["dp"]["epsilon"] == 4.0 and plain["fedtune"]["dp"] is None
+    assert deploy(site, plain) == (True, "")                     # no policy: every job
+    write_policy(site, SitePolicy(require_dp=True, max_epsilon=2.0, max_grad_norm=1.0))
+    ok, why = deploy(site, dp4)
+    assert not ok and "epsilon 4 is above this site's maximum of 2" in why
+    assert deploy(site, plain)[1].endswith("requires differential privacy and the job has none")
+    assert deploy(site, dp1) == (True, "")
+    assert deploy(site, dp4, command="check_resources") == (True, "")   # only the deployment is gated
+    wide = meta_of(dp_job(epsilon=1.0, max_grad_norm=5.0), tmp_path)
+    assert "clipping norm 5 is above" in deploy(site, wide)[1]
+    # what a peer sends is checked: no fedtune section, a malformed one
+    assert "declares no fedtune privacy settings" in deploy(site, {"name": "other"})[1]
+    assert "malformed" in deploy(site, {**dp1, "fedtune": {"dp": {"epsilon": -3}}})[1]
+    assert "malformed" in deploy(site, {**dp1, "fedtune": {"dp": "lots"}})[1]
+    assert not deploy(site, "not a dict")[0]
+    # the total budget counts what earlier jobs spent here
+    write_policy(site, SitePolicy(require_dp=True, total_epsilon=5.0))
+    record_spent(site, "earlier-job", 4.5)
+    assert "budget is spent" in deploy(site, dp1)[1]
+
+
+def test_a_noise_only_job_passes_the_gate_on_its_declared_noise(tmp_path):
+    """Epsilon of a job given by its noise depends on the site's rows: the gate checks the noise, the job's
+    site check (fedtune.fl.privacy) its accounted epsilon."""
+    site = kit(tmp_path / "kit")
+    write_policy(site, SitePolicy(require_dp=True, max_epsilon=2.0, min_noise_multiplier=1.0))
+    assert "noise multiplier 0.5 is below" in deploy(site, meta_of(dp_job(noise_multiplier=0.5), tmp_path))[1]
+    assert deploy(site, meta_of(dp_job(noise_multiplier=1.5), tmp_path)) == (True, "")
+    assert deploy_refusal(site, meta_of(dp_job(epsilon=2.0), tmp_path)) is None
+
+
+def test_install_gate_writes_its_file_once_and_never_replaces_a_foreign_one(tmp_path):
+    site = kit(tmp_path / "kit")
+    path = install_gate(site)
+    assert path == gate_path(site) == site / "local" / GATE_FILE
+    cfg = json.loads(path.read_text())
+    assert cfg["components"] == [{"id": "fedtune_privacy_gate", "path": "fedtune.fl.gate.PrivacyGate", "args": {}}]
+    assert install_gate(site) == path and json.loads(path.read_text()) == cfg
+    path.write_text('{"components": []}')
+    with pytest.raises(PolicyError, match="not written by fedtune"):
+        install_gate(site)
+    assert path.read_text() == '{"components": []}'
+    with pytest.raises(PolicyError, match="not a site startup kit"):
+        install_gate(tmp_path / "elsewhere")
+
+
+def test_deploy_refusals_read_nvflare_deploy_detail():
+    meta = {"job_deploy_detail": ["server: OK", "site-1: refused by the site's privacy policy: epsilon 4 is above",
+                                  "site-2: OK", "site-3: no reply (deployment timeout)",
+                                  "num_ok_sites 1 < required_min_sites 2"]}
+    assert deploy_refusals(meta) == {
+        "site-1": "at deployment: refused by the site's privacy policy: epsilon 4 is above",
+        "site-3": "at deployment: no reply (deployment timeout)"}
+    assert deploy_refusals({}) == {} and deploy_refusals({"job_deploy_detail": "x"}) == {}

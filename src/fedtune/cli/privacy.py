@@ -25,8 +25,11 @@ def site_policy(
                                                                 "(their epsilons add up)")] = None,
     show: Annotated[bool, typer.Option(help="only print the current policy and what jobs spent")] = False,
 ):
-    """Write this site's privacy policy (mode 0644), read by the site's client at every job start: a job asking
-    for less is refused by this site, with the reason in the job's summary. Takes effect for the next job."""
+    """Write this site's privacy policy (mode 0644). A job asking for less is refused by this site: before it is
+    deployed (the site's NVFlare privacy gate, installed in the kit by `fedtune client`) and again in the job (the
+    site's fedtune checks the job's real settings), with the reason in the job's summary. Takes effect for the
+    next job."""
+    from fedtune.fl.gate import gate_path, install_gate
     from fedtune.fl.policy import PolicyError, SitePolicy, read_policy, spent, write_policy
 
     try:
@@ -37,7 +40,12 @@ def site_policy(
         path = write_policy(kit, SitePolicy(require_dp=require_dp, max_epsilon=max_epsilon, max_delta=max_delta,
                                             min_noise_multiplier=min_noise_multiplier, max_grad_norm=max_grad_norm,
                                             total_epsilon=total_epsilon))
+        had_gate = gate_path(kit).is_file()
+        install_gate(kit)
     except (PolicyError, OSError) as exc:
         fail(str(exc))
     typer.echo(f"privacy policy written to {path}")
+    if not had_gate:
+        typer.echo(f"privacy gate installed in {gate_path(kit)}: NVFlare loads it when this site's client "
+                   f"starts (restart it if it is running; until then the site checks each job in the job only)")
     typer.echo(path.read_text().rstrip())

@@ -50,6 +50,9 @@ def print_event(ev: dict) -> None:
     elif kind == "stats":
         what = "row counts and pooled label statistics" if ev.get("pooled", True) else "row counts"
         print(f"  {what} from {', '.join(ev['sites'])}", flush=True)
+    elif kind == "refused":
+        for site, why in sorted(ev["sites"].items()):
+            print(f"  {site} refused the job {why}", flush=True)
     elif kind == "sites":
         print(f"  {len(ev['sites'])} site(s) registered: {', '.join(ev['sites'])}", flush=True)
     elif kind == "start":

@@ -4,7 +4,8 @@ and, for private heads, an output filter on every site that drops `heads.` entri
 The folder is plain JSON (written here rather than through FedJob's exporter, which copies imported
 third-party modules into custom/):
 
-    <name>/meta.json
+    <name>/meta.json                           NVFlare's, plus `fedtune.dp`: the job's declared privacy settings,
+                                               checked by every site's gate before deployment (fedtune.fl.gate)
     <name>/app/config/config_fed_server.json   workflow: fedtune.fl.controller.FedtuneController(job)
     <name>/app/config/config_fed_client.json   executor: ClientAPIExecutor, external process
                                                `python3 -u custom/fedtune_launch.py`
@@ -100,7 +101,9 @@ def build_job(job: JobConfig, out_dir: str | Path) -> Path:
         shutil.rmtree(target)
     (target / "app" / "config").mkdir(parents=True)
     (target / "app" / "custom").mkdir()
-    meta = {"name": job.name, "resource_spec": {}, "min_clients": job.min_sites, "deploy_map": {"app": ["@ALL"]}}
+    meta = {"name": job.name, "resource_spec": {}, "min_clients": job.min_sites, "deploy_map": {"app": ["@ALL"]},
+            # what each site's privacy gate (fedtune.fl.gate) checks before the job is deployed to it
+            "fedtune": {"kind": job.kind, "dp": job.dp or None}}
     (target / "meta.json").write_text(json.dumps(meta, indent=2))
     (target / "app" / "config" / "config_fed_server.json").write_text(json.dumps(server_config(job), indent=2))
     (target / "app" / "config" / "config_fed_client.json").write_text(json.dumps(client_config(job), indent=2))

@@ -17,7 +17,9 @@ import threading
 import time
 from pathlib import Path
 
+from .gate import install_gate
 from .pki import kit_org
+from .policy import PolicyError
 
 SERVER_READY = re.compile(r"Server started|Starting Server|started server", re.I)
 CLIENT_READY = re.compile(r"Successfully registered client|registered client", re.I)
@@ -142,7 +144,9 @@ def run_client(kit: Path, site: str | None, data: Path | None, startup_deadline:
     external process, see fedtune.fl.launch) and learns the site's settings from the environment:
     FEDTUNE_DATA (the data folder), FEDTUNE_GPUS (processes per job: --gpus, default from the environment or
     1), FEDTUNE_RUNS (per-job outputs: <kit>/fedtune-runs unless set), FEDTUNE_KIT (the kit: its
-    local/fedtune-privacy.json policy, see fedtune.fl.policy)."""
+    local/fedtune-privacy.json policy, see fedtune.fl.policy). The kit gets the site's privacy gate
+    (`local/fedtune__p_resources.json`, fedtune.fl.gate), which refuses the deployment of a job below that
+    policy."""
     kit = check_kit(kit, "client")
     kit_site = site_of_kit(kit)
     if site and site != kit_site:
@@ -155,6 +159,10 @@ def run_client(kit: Path, site: str | None, data: Path | None, startup_deadline:
         env["FEDTUNE_DATA"] = str(data)     # the training script (a child of this process) reads it
     env["FEDTUNE_SITE"] = kit_site
     env["FEDTUNE_KIT"] = str(kit)        # the site's own settings outside any job (its privacy policy)
+    try:                                 # NVFlare loads the site's privacy gate from the kit at start
+        install_gate(kit)
+    except (PolicyError, OSError) as exc:
+        raise StartupError(f"cannot install the site's privacy gate: {exc}") from None
     if gpus is None:
         try:
             gpus = int(env.get("FEDTUNE_GPUS") or 1)

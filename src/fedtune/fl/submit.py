@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .gate import deploy_refusals
 from .job import check_name
 from .pki import admin_username
 
@@ -81,9 +82,14 @@ def submit_and_wait(job_dir: Path, admin_kit: Path, out: Path, timeout: float = 
             raise JobFailed(str(exc)) from None
         if on_submit:
             on_submit(job_id)
-        seen, start, status = 0, time.monotonic(), ""
+        seen, start, status, refused = 0, time.monotonic(), "", {}
         while True:
-            status = session.get_job_meta(job_id).get("status", "")
+            meta = session.get_job_meta(job_id)
+            status = meta.get("status", "")
+            new = {s: why for s, why in deploy_refusals(meta).items() if s not in refused}
+            if new and on_event:         # a site's privacy gate refused the deployment: shown as soon as known
+                on_event({"event": "refused", "sites": new})
+            refused.update(new)
             events = read_progress(session, job_id)
             for ev in events[seen:]:
                 if on_event:
@@ -97,13 +103,30 @@ def submit_and_wait(job_dir: Path, admin_kit: Path, out: Path, timeout: float = 
             time.sleep(poll)
         if status not in DONE:
             try:
-                partial = download_result(session, job_id, out)
+                partial = note_refusals(download_result(session, job_id, out), refused)
             except Exception as exc:    # e.g. an abandoned job has no stored workspace
-                raise JobFailed(f"job {job_id} ended with status {status}; no result to download ({exc})") from None
+                raise JobFailed(f"job {job_id} ended with status {status}; no result to download ({exc})"
+                                + "".join(f"; {s} refused it {why}" for s, why in refused.items())) from None
             raise JobFailed(f"job {job_id} ended with status {status}; what it did is in {partial}", partial)
-        return job_id, download_result(session, job_id, out)
+        return job_id, note_refusals(download_result(session, job_id, out), refused)
     finally:
         session.close()
+
+
+def note_refusals(result: Path, refused: dict[str, str]) -> Path:
+    """Add the sites that refused the job's deployment (their privacy gate, `fedtune.fl.gate`) to the downloaded
+    summary's `refused`: the server's job never saw them, NVFlare's deploy detail did."""
+    if not refused:
+        return result
+    path = find_fedtune_dir(result) / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return result
+    for site, why in refused.items():
+        summary.setdefault("refused", {}).setdefault(site, why)
+    path.write_text(json.dumps(summary, indent=2))
+    return result
 
 
 def download_result(session, job_id: str, out: Path) -> Path:
