@@ -1,11 +1,14 @@
 """The service with a fast trunk backend vs fp32, and gRPC vs HTTP, measured in the same run.
 
-Two `fedtune serve` processes on the same fitness bundle, one with `--backend fp32`, one with the backend
-given (each also with `--grpc-port`), are driven in turns: every round sends the same antibodies to each
-(server, transport) pair with the same number of concurrent clients, so a change in the load of a shared
-machine hits every configuration alike. Reported per configuration: antibodies/s (median over rounds),
-p50 / p99 latency over every request, and the ratios fp32 -> backend and HTTP -> gRPC. HTTP requests are
-/v2 infer with JSON tensors; gRPC requests are ModelInfer from tritonclient.grpc.aio (raw tensor bytes).
+Three `fedtune serve` processes on the same fitness bundle: `--backend fp32` and the backend given, both with
+the embedding cache off (so every antibody costs its trunk passes, whatever was sent before), and fp32 with the
+cache on (`--cache-mb`), each also with `--grpc-port`. They are driven in turns: every round sends new antibodies
+(no repeats, within or across rounds) to each (server, transport) pair with the same number of concurrent
+clients, so a change in the load of a shared machine hits every configuration alike. Reported per
+configuration: antibodies/s (median over rounds), p50 / p99 latency over every request; the ratios fp32 ->
+backend and HTTP -> gRPC; and, separately, the cache's effect on this workload without repeats (fp32 with the
+cache vs without, over HTTP, with the cache's hit and miss counters from /metrics). HTTP requests are /v2
+infer with JSON tensors; gRPC requests are ModelInfer from tritonclient.grpc.aio (raw tensor bytes).
 
     python benchmarks/serve_backend_bench.py --trunk antiberty --backend onnx-int8 --antibodies 32 --rounds 2
 
@@ -41,11 +44,15 @@ from fedtune.models import TrunkConfig  # noqa: E402
 from fedtune.tasks import build_model  # noqa: E402
 
 
-def start(bundle: Path, backend: str, args) -> tuple[subprocess.Popen, str, str]:
+CACHED = "fp32+cache"        # the fp32 server with the embedding cache on
+
+
+def start(bundle: Path, backend: str, args, cache_mb: float = 0.0) -> tuple[subprocess.Popen, str, str]:
     import httpx
     port, grpc_port = free_port(), free_port()
     env = {**os.environ, "FEDTUNE_DEVICE": "cpu", "FEDTUNE_MAX_BATCH": str(args.max_batch),
-           "FEDTUNE_MAX_ITEMS": "256", "FEDTUNE_MAX_BODY_BYTES": str(16 << 20), "FEDTUNE_LOG_LEVEL": "warning"}
+           "FEDTUNE_MAX_ITEMS": "256", "FEDTUNE_MAX_BODY_BYTES": str(16 << 20), "FEDTUNE_LOG_LEVEL": "warning",
+           "FEDTUNE_EMBEDDING_CACHE_MB": str(cache_mb)}
     cmd = [sys.executable, "-c", "from fedtune.cli import main; main()", "serve", "--host", "127.0.0.1",
            "--port", str(port), "--grpc-port", str(grpc_port), "--bundle", str(bundle), "--backend", backend]
     proc = subprocess.Popen(cmd, env=env)
@@ -102,6 +109,17 @@ async def drive_grpc(address: str, batches: list[tuple[list, list]], concurrency
         return time.perf_counter() - t0, lat, outs
 
 
+def scrape_cache(url: str) -> dict:
+    """The cache's hit and miss counters, from the server's Prometheus text at /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+    out = {}
+    for fam in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=30).text):
+        if fam.name in ("fedtune_embedding_cache_hits", "fedtune_embedding_cache_misses"):
+            out[fam.name.rsplit("_", 1)[1]] = sum(s.value for s in fam.samples if s.name.endswith("_total"))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trunk", default="tiny", help="tiny | antiberty | a local HF folder")
@@ -111,27 +129,34 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--per-request", type=int, default=8)
     p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--cache-mb", type=float, default=64.0, help="embedding cache of the fp32+cache server")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--tag", default="cpu", help="results file: serve_backend_bench-<tag>.json")
     args = p.parse_args()
-    heavy, light = chains(args.antibodies, seed=1)
     k = args.per_request
-    batches = [(heavy[i:i + k], light[i:i + k]) for i in range(0, args.antibodies, k)]
+
+    def batches_of(seed: int) -> list[tuple[list, list]]:
+        heavy, light = chains(args.antibodies, seed=seed)
+        return [(heavy[i:i + k], light[i:i + k]) for i in range(0, args.antibodies, k)]
+
     with tempfile.TemporaryDirectory(prefix="serve-backend-bench-") as tmp:
         torch.manual_seed(0)
         cfg = TrunkConfig(trunk_source(args.trunk, "antibody", Path(tmp)), mode="frozen")
         bundle = save_bundle(Path(tmp) / "fitness", build_model("fitness", cfg, SYNTHETIC_ASSAYS).eval(),
                              trunk_cfg=cfg, stats=AssayStats.fit(synthetic_fitness(64, seed=0)))
         servers = {b: start(bundle, b, args) for b in ("fp32", args.backend)}
-        configs = [(b, t) for b in servers for t in ("http", "grpc")]
+        servers[CACHED] = start(bundle, "fp32", args, cache_mb=args.cache_mb)
+        configs = [(b, t) for b in ("fp32", args.backend) for t in ("http", "grpc")] + [(CACHED, "http")]
         runs = {c: {"seconds": [], "latencies": []} for c in configs}
         answers = {}
         try:
-            warm = batches[:1]
+            warm = batches_of(1000)[:1]
             for b, (_, url, address) in servers.items():      # first-request overheads off the clock
                 asyncio.run(drive_http(url, warm, 1))
                 asyncio.run(drive_grpc(address, warm, 1))
+            before = scrape_cache(servers[CACHED][1])           # the warm-up's counts are not the workload's
             for r in range(args.rounds):
+                batches = batches_of(1 + r)                    # new antibodies every round
                 for b, t in configs:
                     _, url, address = servers[b]
                     secs, lat, outs = asyncio.run(drive_http(url, batches, args.concurrency) if t == "http"
@@ -140,6 +165,8 @@ def main() -> None:
                     runs[(b, t)]["latencies"] += lat
                     answers[(b, t)] = outs
                     print(f"round {r}: {b:10s} {t:4s} {args.antibodies / secs:7.2f} antibodies/s", flush=True)
+            after = scrape_cache(servers[CACHED][1])
+            cache_counts = {k: after.get(k, 0) - before.get(k, 0) for k in ("hits", "misses")}
         finally:
             for proc, _, _ in servers.values():
                 proc.send_signal(signal.SIGTERM)
@@ -169,6 +196,13 @@ def main() -> None:
         "speedup_backend_vs_fp32": {"http": rate[f"{fast}/http"] / rate["fp32/http"],
                                     "grpc": rate[f"{fast}/grpc"] / rate["fp32/grpc"]},
         "speedup_grpc_vs_http": {b: rate[f"{b}/grpc"] / rate[f"{b}/http"] for b in ("fp32", fast)},
+        "cache_effect_no_repeats": {
+            "what": "fp32 with the embedding cache vs without, HTTP, every antibody new (no repeats)",
+            "cache_mb": args.cache_mb, "speedup": rate[f"{CACHED}/http"] / rate["fp32/http"],
+            "latency_p99_ms": {"with": rows[f"{CACHED}/http"]["latency_p99_ms"],
+                               "without": rows["fp32/http"]["latency_p99_ms"]},
+            **cache_counts, "scores_equal": all(np.array_equal(a[n], b[n]) for a, b in zip(
+                answers[(CACHED, "http")], answers[("fp32", "http")]) for n in a)},
         "pearson_backend_vs_fp32": agree((fast, "http"), ("fp32", "http")),
         "grpc_equals_http": all(np.array_equal(a[n], b[n]) for a, b in zip(answers[(fast, "grpc")],
                                                                            answers[(fast, "http")]) for n in a),
@@ -177,7 +211,8 @@ def main() -> None:
     out = args.out / f"serve_backend_bench-{args.tag}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("speedup_backend_vs_fp32", "speedup_grpc_vs_http",
-                                             "pearson_backend_vs_fp32", "grpc_equals_http")}))
+                                             "cache_effect_no_repeats", "pearson_backend_vs_fp32",
+                                             "grpc_equals_http")}))
     print(f"wrote {out}")
 
 

@@ -50,7 +50,7 @@ def test_final_phase_failure_exports_and_server_restart_resumes(tmp_path, make_j
         killed = threading.Event()
         threading.Thread(target=kill_when, args=(fed, "site-3", 4, killed), daemon=True).start()
         with pytest.raises(JobFailed) as failed:
-            fed.run(make_job("fitness", tiny_antibody_trunk, rounds=2, min_sites=3, round_timeout=75,
+            fed.run(make_job("fitness", tiny_antibody_trunk, rounds=2, min_sites=3, round_timeout=45,
                              name="final-dies"), timeout=900)
         assert killed.is_set()
         partial = failed.value.result
