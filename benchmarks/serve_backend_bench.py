@@ -109,6 +109,11 @@ async def drive_grpc(address: str, batches: list[tuple[list, list]], concurrency
         return time.perf_counter() - t0, lat, outs
 
 
+def max_diff(a: list[dict], b: list[dict]) -> float:
+    """The largest absolute difference between two runs' answers to the same requests."""
+    return max(float(np.max(np.abs(x[n] - y[n]))) for x, y in zip(a, b) for n in x)
+
+
 def scrape_cache(url: str) -> dict:
     """The cache's hit and miss counters, from the server's Prometheus text at /metrics."""
     import httpx
@@ -201,18 +206,19 @@ def main() -> None:
             "cache_mb": args.cache_mb, "speedup": rate[f"{CACHED}/http"] / rate["fp32/http"],
             "latency_p99_ms": {"with": rows[f"{CACHED}/http"]["latency_p99_ms"],
                                "without": rows["fp32/http"]["latency_p99_ms"]},
-            **cache_counts, "scores_equal": all(np.array_equal(a[n], b[n]) for a, b in zip(
-                answers[(CACHED, "http")], answers[("fp32", "http")]) for n in a)},
+            **cache_counts, "max_abs_diff_vs_without": max_diff(answers[(CACHED, "http")], answers[("fp32", "http")])},
         "pearson_backend_vs_fp32": agree((fast, "http"), ("fp32", "http")),
-        "grpc_equals_http": all(np.array_equal(a[n], b[n]) for a, b in zip(answers[(fast, "grpc")],
-                                                                           answers[(fast, "http")]) for n in a),
+        # the same antibodies over both transports of one server (and with the cache on or off): requests are
+        # micro-batched with whichever others are queued, so an antibody's padding and batch differ from run to
+        # run, which moves scores in the last float digits (and dynamic int8 quantizes activations per batch)
+        "grpc_vs_http_max_abs_diff": {b: max_diff(answers[(b, "http")], answers[(b, "grpc")]) for b in ("fp32", fast)},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"serve_backend_bench-{args.tag}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("speedup_backend_vs_fp32", "speedup_grpc_vs_http",
                                              "cache_effect_no_repeats", "pearson_backend_vs_fp32",
-                                             "grpc_equals_http")}))
+                                             "grpc_vs_http_max_abs_diff")}))
     print(f"wrote {out}")
 
 
