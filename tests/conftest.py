@@ -4,9 +4,18 @@ clone), tiny random trunks saved as local Hugging Face folders, and modest threa
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
+
+# A suite started under nohup, or in the background of a non-interactive shell, inherits SIGHUP or SIGINT
+# ignored, and so would every process a test starts: the tests that send those signals (reload, Ctrl-C) need
+# the defaults back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
