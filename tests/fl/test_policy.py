@@ -1,6 +1,6 @@
 """A site's privacy policy (fedtune.fl.policy, fedtune.fl.privacy): pure checks, the file a site admin
 writes with `fedtune site-policy`, a corrupt policy refusing every job, and the budget across jobs; and its
-gate (fedtune.fl.gate) as NVFlare runs it: an authorization check of a job's deployment in the site's parent
+gate (fedtune.fl.gate, its checks in fedtune.fl.policy) as NVFlare runs it: an authorization check of a job's deployment in the site's parent
 process, with NVFlare's own FLContext and event, reading the policy from the site's kit and the job's declared
 settings from the meta.json fedtune writes. The refusals over a real federation are in
 test_dp_federation.py."""
@@ -20,10 +20,11 @@ from nvflare.apis.workspace import Workspace
 
 from fedtune.data import SYNTHETIC_ASSAYS
 from fedtune.fl.config import JobConfig
-from fedtune.fl.gate import GATE_FILE, PrivacyGate, deploy_refusal, deploy_refusals, gate_path, install_gate
+from fedtune.fl.gate import PrivacyGate
 from fedtune.fl.job import build_job
-from fedtune.fl.policy import (PolicyError, SitePolicy, read_policy, record_spent, refusal, spent,
-                               write_policy)
+from fedtune.fl.policy import (GATE_FILE, PolicyError, SitePolicy, deploy_refusal, gate_path, install_gate,
+                               read_policy, record_spent, refusal, spent, write_policy)
+from fedtune.fl.submit import deploy_refusals
 from fedtune.fl.privacy import SitePrivacy
 from fedtune.train.dp import accounted_epsilon
 

@@ -29,8 +29,8 @@ def site_policy(
     deployed (the site's NVFlare privacy gate, installed in the kit by `fedtune client`) and again in the job (the
     site's fedtune checks the job's real settings), with the reason in the job's summary. Takes effect for the
     next job."""
-    from fedtune.fl.gate import gate_path, install_gate
-    from fedtune.fl.policy import PolicyError, SitePolicy, read_policy, spent, write_policy
+    from fedtune.fl.policy import (PolicyError, SitePolicy, gate_path, install_gate, read_policy, spent,
+                                   write_policy)
 
     try:
         if show:

@@ -114,11 +114,15 @@ def _is_ours(path: Path, mark: str) -> bool:
         return False
 
 
-def write_policy(kit: str | Path, policy: SitePolicy) -> Path:
+def _site_kit(kit: str | Path) -> Path:
     kit = Path(kit)
     if not (kit / "startup" / "fed_client.json").is_file():
         raise PolicyError(f"{kit} is not a site startup kit (no startup/fed_client.json)")
-    return _write_json(policy_path(kit), policy.to_dict(), POLICY_MARK)
+    return kit
+
+
+def write_policy(kit: str | Path, policy: SitePolicy) -> Path:
+    return _write_json(policy_path(_site_kit(kit)), policy.to_dict(), POLICY_MARK)
 
 
 def spent(kit: str | Path) -> dict[str, float]:
@@ -163,3 +167,61 @@ def refusal(policy: SitePolicy | None, dp: dict | None, spent_elsewhere: float =
         return (f"this site's privacy budget is spent: epsilon {spent_elsewhere:.3g} already spent by other jobs "
                 f"+ {eps:.3g} for this one is above its total of {policy.total_epsilon:g}")
     return None
+
+
+# ---- the gate: the policy checked by NVFlare before a job is deployed (fedtune.fl.gate) -----------------
+GATE_FILE = "fedtune__p_resources.json"
+GATE_MARK = "site-gate/1"
+GATE_ID = "fedtune_privacy_gate"
+GATE_PATH = "fedtune.fl.gate.PrivacyGate"
+DEPLOY_COMMAND = "submit_job"          # NVFlare's AdminCommandNames.SUBMIT_JOB, the header of a deployment
+
+
+def declared_dp(meta) -> tuple[dict | None, str | None]:
+    """(the job's declared DP settings or None for no DP, the reason the declaration is unusable or None)."""
+    from ..train.dp import DPConfig
+
+    section = meta.get("fedtune") if isinstance(meta, dict) else None
+    if not isinstance(section, dict):
+        return None, "the job's meta.json declares no fedtune privacy settings (not a fedtune job)"
+    dp = section.get("dp")
+    if dp in (None, {}):
+        return None, None
+    try:
+        cfg = DPConfig.from_dict(dp)
+    except (ValueError, TypeError) as exc:
+        return None, f"the job's declared privacy settings are malformed: {exc}"
+    # a target epsilon fixes the noise later (for the site's row count): only the in-job check sees it
+    noise = cfg.noise_multiplier if cfg.noise_multiplier > 0 else math.inf
+    return {"epsilon": cfg.epsilon, "delta": cfg.delta, "noise_multiplier": noise,
+            "max_grad_norm": cfg.max_grad_norm}, None
+
+
+def deploy_refusal(kit: str | Path, meta) -> str | None:
+    """Why this site refuses to have the job deployed (None: it is deployed). A broken policy refuses."""
+    try:
+        policy = read_policy(kit)
+        if policy is None or not policy.limits_dp:
+            return None
+        dp, bad = declared_dp(meta)
+        if bad:
+            return bad
+        elsewhere = sum(spent(kit).values()) if policy.total_epsilon is not None else 0.0
+        return refusal(policy, dp, elsewhere)
+    except PolicyError as exc:
+        return f"this site's privacy policy cannot be read, every job is refused: {exc}"
+
+
+def gate_config() -> dict:
+    return {"fedtune": GATE_MARK, "format_version": 2,
+            "components": [{"id": GATE_ID, "path": GATE_PATH, "args": {}}]}
+
+
+def gate_path(kit: str | Path) -> Path:
+    return Path(kit) / "local" / GATE_FILE
+
+
+def install_gate(kit: str | Path) -> Path:
+    """Write the gate's component file into a site kit (again, if fedtune wrote it; a file of that name fedtune
+    did not write is refused). NVFlare loads it when the site starts."""
+    return _write_json(gate_path(_site_kit(kit)), gate_config(), GATE_MARK)

@@ -17,9 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from .gate import install_gate
 from .pki import kit_org
-from .policy import PolicyError
+from .policy import PolicyError, install_gate
 
 SERVER_READY = re.compile(r"Server started|Starting Server|started server", re.I)
 CLIENT_READY = re.compile(r"Successfully registered client|registered client", re.I)

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .gate import deploy_refusals
 from .job import check_name
 from .pki import admin_username
 
@@ -162,3 +161,16 @@ def find_fedtune_dir(result: Path) -> Path:
     if hits:
         return hits[0].parent
     raise FileNotFoundError(f"{result}: no fedtune summary.json inside: is this a finished fedtune job result?")
+
+
+def deploy_refusals(meta) -> dict[str, str]:
+    """{site: reason} for the sites that refused a job's deployment, from the job meta the server keeps
+    (`job_deploy_detail`: "site: OK" or "site: <reason>")."""
+    out = {}
+    detail = meta.get("job_deploy_detail") if isinstance(meta, dict) else None
+    for line in detail if isinstance(detail, list) else []:
+        site, sep, why = str(line).partition(": ")
+        if sep and site not in ("server", "invalid_clients") and not site.startswith("num_ok_sites") \
+                and why.strip() != "OK":
+            out[site] = f"at deployment: {why.strip()}"[:400]
+    return out
