@@ -8,8 +8,8 @@ import torch
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
 from fedtune.data import AssayStats
-from fedtune.fl.aggregate import (Aggregator, Rejected, check_counts, check_moments, check_train_result,
-                                  check_update, clean_metrics)
+from fedtune.fl.aggregate import (Aggregator, Rejected, check_counts, check_moments, check_split_counts,
+                                  check_train_result, check_update, clean_metrics)
 from fedtune.fl.config import JobConfig
 
 GLOBAL = {"trunk.w": torch.zeros(2, 3), "heads.tm.b": torch.zeros(1), "heads.hic.b": torch.zeros(1)}
@@ -82,6 +82,17 @@ def test_task_rows_are_bounded_by_the_stats_phase_and_the_site_rows():
         check_counts({"n_train": 100, "task_rows": {"other": 1}}, BOUND, TASKS)
     assert check_counts({"n_train": 60.0, "task_rows": {"tm": 50}}, BOUND, TASKS) == \
         {"n_train": 60, "task_rows": {"tm": 50, "hic": 0}}
+
+
+def test_validation_and_test_counts_are_bounded_by_the_stats_phase():
+    assert check_split_counts({"n_val": 7, "n_test": 5.0}, None) == {"n_val": 7, "n_test": 5}
+    assert check_split_counts({"n_val": 7}, {"n_val": 7, "n_test": 5}, ("n_val",)) == {"n_val": 7}
+    with pytest.raises(Rejected, match="n_val=8 exceeds"):
+        check_split_counts({"n_val": 8, "n_test": 5}, {"n_val": 7, "n_test": 5})
+    for bad, reason in [({"n_test": 5}, "n_val is not a number"), ({"n_val": -1, "n_test": 5}, "non-negative"),
+                        ({"n_val": 2.5, "n_test": 5}, "finite integer")]:
+        with pytest.raises(Rejected, match=reason):
+            check_split_counts(bad, None)
 
 
 def test_a_site_without_a_stats_phase_report_is_rejected():

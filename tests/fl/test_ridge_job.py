@@ -153,7 +153,7 @@ def test_mlp_heads_from_ridge_start_as_the_ridge(federation, ridge_job):
 def test_malformed_ridge_sums_are_dropped_and_named(tampering_federation, make_job, tiny_antibody_trunk):
     """A real site process sends ridge sums with a non-symmetric Gram matrix (FEDTUNE_TEST_TAMPER, in the job
     named ridge-asym: see TAMPERING in conftest.py): the server drops that site from the solve with the reason
-    and solves from the others."""
+    and solves from the others; its validation errors then do not choose among candidates it has no part in."""
     from dataclasses import replace
 
     job = make_job("fitness", tiny_antibody_trunk, name="ridge-asym", min_sites=2)
@@ -164,3 +164,7 @@ def test_malformed_ridge_sums_are_dropped_and_named(tampering_federation, make_j
     assert "not symmetric" in summary["rejected"]["ridge-sums"]["site-2"]
     assert summary["ridge"]["sites"] == ["site-1", "site-3"]
     assert sum(summary["ridge"]["rows"]) > 0
+    assert "ridge sums were rejected" in summary["rejected"]["ridge-val"]["site-2"]
+    assert summary["ridge"]["val_sites"] == ["site-1", "site-3"]
+    assert {s: summary["site_rows"][s]["n_val"] for s in summary["site_rows"]} == {
+        s: r["n_val"] for s, r in summary["sites"].items()}            # the stats phase bounds the final claims

@@ -85,11 +85,14 @@ def test_malformed_sums_are_rejected_with_a_reason(break_it, reason):
 def test_malformed_validation_errors_are_rejected():
     ok = {"ridge.sse": np.ones((3, 4)), "ridge.n": np.array([5.0, 6, 7]), "ridge.overall": np.ones(4),
           "ridge.overall_n": np.array([18.0])}
-    check_val(ok, 3, 4, 5)
+    check_val(ok, 3, 4, 7, 5)                                # 7 validation rows at the stats phase
     for key, bad, reason in [("ridge.sse", -np.ones((3, 4)), "non-negative"), ("ridge.n", np.array([2.0, 6, 7]),
-                             "fewer than"), ("ridge.overall", np.full(4, np.inf), "non-finite")]:
+                             "fewer than"), ("ridge.overall", np.full(4, np.inf), "non-finite"),
+                             ("ridge.n", np.array([5.0, 6, 8]), "more than the site's 7 validation rows"),
+                             ("ridge.overall_n", np.array([22.0]), "does not fit"),
+                             ("ridge.overall_n", np.array([17.0]), "does not fit")]:
         with pytest.raises(Rejected, match=reason):
-            check_val({**ok, key: bad}, 3, 4, 5)
+            check_val({**ok, key: bad}, 3, 4, 7, 5)
 
 
 def test_alpha_is_chosen_on_the_validation_rows_given():

@@ -68,6 +68,12 @@ def check_counts(meta: dict, bound: dict | None, tasks: list[str]) -> dict:
     return {"n_train": n, "task_rows": task_rows}
 
 
+def check_split_counts(meta: dict, bound: dict | None, keys=("n_val", "n_test")) -> dict:
+    """The validated validation / test row counts `keys` of one answer ({key: int}); `bound` is the site's
+    stats-phase report (each key at most what it said then), or None while that phase runs."""
+    return {k: check_count(meta.get(k), k, (bound or {}).get(k) if bound is not None else None) for k in keys}
+
+
 def check_update(params: dict, global_params: dict) -> dict[str, torch.Tensor]:
     """The update as tensors of the global dtype, or Rejected (keys, shape, dtype, non-finite values)."""
     if not isinstance(params, dict):

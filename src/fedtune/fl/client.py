@@ -132,7 +132,8 @@ class SiteRunner:
         statistics, per-column moments of the training labels, sent only for columns with at least
         `min_stat_count` labelled rows here (fewer would come close to revealing single measurements; those go
         out as zeros)."""
-        meta = {**self.task.count_rows(self.train), "digest": self.train.digest()}
+        meta = {**self.task.count_rows(self.train), "n_val": len(self.val), "n_test": len(self.test),
+                "digest": self.train.digest()}
         if self.privacy.plan is not None:
             meta["dp"] = self.privacy.plan.to_dict()     # planned; the labels' moments stay here (see fl.privacy)
         if self.task.needs_stats:

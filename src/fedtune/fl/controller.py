@@ -48,8 +48,8 @@ from nvflare.app_common.workflows.model_controller import ModelController
 from safetensors.torch import load_file, save_file
 
 from ..models import travelling_keys
-from .aggregate import (Aggregator, Rejected, as_tensor, check_counts, check_moments, check_train_result,
-                        ServerOptimizer, check_update, clean_metrics)
+from .aggregate import (Aggregator, Rejected, ServerOptimizer, as_tensor, check_counts, check_moments,
+                        check_split_counts, check_train_result, check_update, clean_metrics)
 from .config import PUBLISHED, JobConfig
 from .resume import INIT_FILE, fit_init_state
 from .ridge import ridge_phase
@@ -205,7 +205,7 @@ class FedtuneController(ModelController):
         results, missing = self._ask("stats", {}, {}, 0)
 
         def check(site, r):
-            counts = check_counts(r.meta, None, tasks)
+            counts = {**check_counts(r.meta, None, tasks), **check_split_counts(r.meta, None)}
             moments = (check_moments(r.meta.get("moments"), len(keys), counts["n_train"], job.min_stat_count)
                        if task.needs_stats else None)
             return counts, moments, _metrics({"digest": r.meta.get("digest")}).get("digest")
@@ -284,18 +284,21 @@ class FedtuneController(ModelController):
         head_refs = {k: v for k, v in state.items() if k.startswith("heads.")}
 
         def check(site, r):
+            if site not in bounds:
+                raise Rejected("reported no row counts in the stats phase, so its claims cannot be bounded")
+            meta = r.meta or {}
+            counts = check_split_counts(meta, bounds[site], ("n_val", "n_test") if "n_test" in meta else ("n_val",))
             published = {k[len(PUBLISHED):]: v for k, v in (r.params or {}).items() if k.startswith(PUBLISHED)}
-            return check_update(published, head_refs) if published else {}, r
+            return check_update(published, head_refs) if published else {}, counts, r
 
         good, bad = self._screen("final", "final", results, check, summary)
         (out / "site_heads").mkdir(exist_ok=True)
-        for site, (heads, r) in good.items():
+        for site, (heads, counts, r) in good.items():
             summary["sites"][site] = {"final_val": _metrics(r.meta.get("final_val")),
-                                      "n_train": bounds.get(site, {}).get("n_train"),
-                                      "n_val": _metrics({"n": r.meta.get("n_val")}).get("n")}
+                                      "n_train": bounds[site]["n_train"], "n_val": counts["n_val"]}
             if isinstance(r.meta.get("final_test"), dict):     # the site's test split, scored once
                 summary["sites"][site].update(final_test=_metrics(r.meta.get("final_test")),
-                                              n_test=_metrics({"n": r.meta.get("n_test")}).get("n"))
+                                              n_test=counts.get("n_test"))
             for key in ("personal_val", "personal_test"):       # personalised heads (job.personal_epochs)
                 if isinstance(r.meta.get(key), dict):
                     summary["sites"][site][key] = _metrics(r.meta.get(key))

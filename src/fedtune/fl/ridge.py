@@ -83,8 +83,10 @@ def check_sums(params, n_cols: int, dim: int, n_train: int | None, min_count: in
     return gram, xty, n
 
 
-def check_val(params, n_cols: int, n_alphas: int, min_count: int):
-    """(sse [A, L], n [A], overall sse [L], overall n) of one site's `ridge-val` answer, or Rejected."""
+def check_val(params, n_cols: int, n_alphas: int, n_val: int, min_count: int):
+    """(sse [A, L], n [A], overall sse [L], overall n) of one site's `ridge-val` answer, or Rejected. `n_val` is
+    the site's validation row count from the stats phase: no column can have more rows, nor all columns
+    together more than n_cols * n_val."""
     if not isinstance(params, dict):
         raise Rejected("the validation errors are not a parameter dict")
     err = _array(params, "ridge.sse", (n_cols, n_alphas))
@@ -93,6 +95,11 @@ def check_val(params, n_cols: int, n_alphas: int, min_count: int):
     n_all = _array(params, "ridge.overall_n", (1,))
     _counts(n, "ridge.n", None, min_count)
     _counts(n_all, "ridge.overall_n", None, min_count)
+    if (n > n_val).any():
+        raise Rejected(f"ridge.n: a column claims more than the site's {n_val} validation rows from the stats phase")
+    if n_all[0] > n_cols * n_val or (n_all[0] and n_all[0] < n.sum()):
+        raise Rejected(f"ridge.overall_n={int(n_all[0])} does not fit {n_val} validation rows of {n_cols} columns "
+                       f"and the per-column counts")
     if (err < 0).any() or (overall < 0).any():
         raise Rejected("squared errors must be non-negative")
     if (err[n == 0] != 0).any() or (n_all[0] == 0 and overall.any()):
@@ -171,15 +178,24 @@ def ridge_phase(ctrl, model, meta: dict, bounds: dict, summary: dict) -> dict[st
     n_cols, dim = linear_shape(model)
     alphas = np.asarray(ridge.ALPHAS)
 
+    def known(site: str) -> dict:      # a site's claims are bounded by its stats-phase report, or not accepted
+        if site not in bounds:
+            raise Rejected("reported no row counts in the stats phase, so its claims cannot be bounded")
+        return bounds[site]
+
     results, _ = ctrl._ask(SUMS, {}, meta, 0)
     good, bad = ctrl._screen(SUMS, SUMS, results, lambda site, r: check_sums(
-        r.params, n_cols, dim, bounds.get(site, {}).get("n_train"), job.min_stat_count), summary)
+        r.params, n_cols, dim, known(site)["n_train"], job.min_stat_count), summary)
     gram, rows, cand = solve_sums(list(good.values()))
     ctrl._progress({"event": SUMS, "sites": sorted(good), "rejected": bad, "rows": rows.tolist()})
 
     results, _ = ctrl._ask(VAL, {"ridge.candidates": torch.from_numpy(cand)}, meta, 0)
-    answers, bad_val = ctrl._screen(VAL, VAL, results, lambda site, r: check_val(
-        r.params, n_cols, len(alphas), job.min_stat_count), summary)
+    def check_site_val(site: str, r):
+        if site not in good:      # its sums are not in the candidates: its errors must not choose among them
+            raise Rejected("its ridge sums were rejected or missing, so its validation errors are not used")
+        return check_val(r.params, n_cols, len(alphas), known(site)["n_val"], job.min_stat_count)
+
+    answers, bad_val = ctrl._screen(VAL, VAL, results, check_site_val, summary)
     w, pick, val_rows, overall_n = pick_solution(cand, list(answers.values()))
     lams = np.array([ridge.lambdas(gram[a], alphas)[pick[a]] for a in range(n_cols)])
 
