@@ -17,7 +17,7 @@ USED = {   # what running participants leave in their kit folders
     "server": ["jobs-storage/0b6f1c4e/data", "snapshot-storage/0b6f1c4e/snapshot", "local/resources.json"],
     "admin": ["transfer/0b6f1c4e/workspace/app_server/fedtune/global.safetensors"],
     "site-1": ["fedtune-runs/0b6f1c4e/private_heads.safetensors", "0b6f1c4e/app_site-1/model.pt",
-               "transfer/leftover.bin", "local/resources.json"],
+               "fedtune-embeddings/emb-0b6f1c4e.safetensors", "transfer/leftover.bin", "local/resources.json"],
 }
 
 

@@ -139,7 +139,14 @@ def test_mlp_heads_from_ridge_start_as_the_ridge(federation, ridge_job):
     job, fed_dir, _ = ridge_job
     ridge_summary = json.loads((fed_dir / "summary.json").read_text())
     mlp_job = replace(job, name="ridge-mlp-test", head_type="ridge-mlp", rounds=1)
+    site_log = federation.workdir / "logs" / "site-1.log"
+    reads_before = site_log.read_text(errors="replace").count("embedding cache: read")
     summary = json.loads((find_fedtune_dir(federation.run(mlp_job, timeout=600)) / "summary.json").read_text())
+    # the same frozen trunk on the same rows as the ridge job: this job's process read the site's embeddings from
+    # the site's cache (owner-only files in its kit) instead of running the trunk again
+    assert site_log.read_text(errors="replace").count("embedding cache: read") > reads_before
+    cached = list((federation.kits.sites["site-1"] / "fedtune-embeddings").glob("emb-*.safetensors"))
+    assert cached and all(f.stat().st_mode & 0o077 == 0 for f in cached)
     assert summary["status"] == "complete" and len(summary["rounds"]) == 1
     assert summary["ridge"]["alpha"] == ridge_summary["ridge"]["alpha"]
     for site, s in ridge_summary["sites"].items():

@@ -24,7 +24,9 @@ job can switch dropout off with `train={"dropout": 0.0}` (masks are drawn per pr
 
 Site-local environment: `FEDTUNE_DATA` (the data folder), `FEDTUNE_RUNS` (where per-job outputs go;
 `fedtune client` sets `<kit>/fedtune-runs`), `FEDTUNE_SAVE_UPDATES=1` (also keep every round's upload as
-`<runs>/<job>/<site>/update-round-<n>.safetensors`, for checks), `FEDTUNE_TEST_TAMPER` (tests only: one
+`<runs>/<job>/<site>/update-round-<n>.safetensors`, for checks), `FEDTUNE_EMBEDDING_CACHE` (a frozen
+trunk's embeddings of this site's rows, kept across jobs: `fedtune client` sets `<kit>/fedtune-embeddings`; `off`
+switches it off; see `fedtune.train.embeddings`), `FEDTUNE_TEST_TAMPER` (tests only: one
 named site sends a scaled, NaN or misshapen update or a false count, in every job or in the named ones, see
 `tamper`).
 """
@@ -43,6 +45,7 @@ import torch
 from ..data.split import TEST_FRACTION
 from ..models import travelling_keys
 from ..train.bootstrap import score_test
+from ..train import embeddings
 from ..train.ddp import DistContext, set_dropout
 from .config import PUBLISHED, JobConfig
 from .ridge import SITE_PHASES as RIDGE_PHASES
@@ -318,6 +321,7 @@ def _serve(dist: DistContext) -> None:
     if not data:
         raise RuntimeError(f"{site}: no data folder: start the client with `fedtune client --data DIR`")
     run_dir = run_dir_for(job_id)
+    embeddings.use_disk_from_env()      # a frozen trunk's embeddings, reused by this site's later jobs
     runner = None
     while True:
         msg, task = None, None

@@ -142,7 +142,8 @@ def run_client(kit: Path, site: str | None, data: Path | None, startup_deadline:
     """Run the site's NVFlare client. Every job's training script runs as a child of it (Client API,
     external process, see fedtune.fl.launch) and learns the site's settings from the environment:
     FEDTUNE_DATA (the data folder), FEDTUNE_GPUS (processes per job: --gpus, default from the environment or
-    1), FEDTUNE_RUNS (per-job outputs: <kit>/fedtune-runs unless set), FEDTUNE_KIT (the kit: its
+    1), FEDTUNE_RUNS (per-job outputs: <kit>/fedtune-runs unless set), FEDTUNE_EMBEDDING_CACHE (a frozen trunk's
+    embeddings of the site's rows, reused across jobs: <kit>/fedtune-embeddings unless set; `off`), FEDTUNE_KIT (the kit: its
     local/fedtune-privacy.json policy, see fedtune.fl.policy). The kit gets the site's privacy gate
     (`local/fedtune__p_resources.json`, fedtune.fl.gate), which refuses the deployment of a job below that
     policy."""
@@ -169,6 +170,7 @@ def run_client(kit: Path, site: str | None, data: Path | None, startup_deadline:
             raise StartupError(f"FEDTUNE_GPUS={env['FEDTUNE_GPUS']!r}: expected a number of processes")
     env["FEDTUNE_GPUS"] = str(check_gpus(gpus))
     env.setdefault("FEDTUNE_RUNS", str(kit / "fedtune-runs"))
+    env.setdefault("FEDTUNE_EMBEDDING_CACHE", str(kit / "fedtune-embeddings"))   # frozen-trunk embeddings, owner-only
     # the job's launch command is `python3 -m fedtune.fl.launch`: make it this interpreter
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(extra_env or {})
