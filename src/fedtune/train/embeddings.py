@@ -127,7 +127,7 @@ def _save(entry: tuple[Path, str], emb: torch.Tensor) -> None:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    except OSError as exc:          # a full disk or a read-only folder: the job goes on without the file
+    except Exception as exc:        # a full disk, a read-only folder: the job goes on without the file
         log.warning("embedding cache: cannot write %s (%s)", path.name, exc)
 
 
