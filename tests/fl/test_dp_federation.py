@@ -29,8 +29,15 @@ def test_site_refuses_a_job_above_its_epsilon_and_the_other_spends_what_its_acco
         base = make_job("fitness", tiny_antibody_trunk, name="dp-refused", min_sites=1, grace=120, rounds=2)
         job = JobConfig(**{**base.to_dict(), "trunk": {**base.trunk, "mode": "frozen"},
                            "dp": {"epsilon": 4.0, "delta": 1e-5, "max_grad_norm": 1.0}})
-        job_ids = []
-        result = federation.run(job, timeout=600, on_submit=job_ids.append)
+        for _ in range(2):
+            job_ids = []
+            result = federation.run(job, timeout=600, on_submit=job_ids.append)
+            refused = json.loads((find_fedtune_dir(result) / "summary.json").read_text())["refused"]
+            # NVFlare's deploy request waits for each site's reply for its admin timeout; on a loaded CI machine
+            # the reply can come too late, and then the site's reason is unknown (the job still never reaches it):
+            # submit once more in that case only
+            if "deployment timeout" not in refused.get("site-1", ""):
+                break
         # a job whose meta.json declares epsilon 1 but whose settings ask for 4: the gate admits it, the site's
         # fedtune refuses every task of it
         liar = JobConfig(**{**job.to_dict(), "name": "dp-understated", "rounds": 1})
