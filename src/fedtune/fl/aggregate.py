@@ -71,7 +71,7 @@ def check_counts(meta: dict, bound: dict | None, tasks: list[str]) -> dict:
 def check_split_counts(meta: dict, bound: dict | None, keys=("n_val", "n_test")) -> dict:
     """The validated validation / test row counts `keys` of one answer ({key: int}); `bound` is the site's
     stats-phase report (each key at most what it said then), or None while that phase runs."""
-    return {k: check_count(meta.get(k), k, (bound or {}).get(k) if bound is not None else None) for k in keys}
+    return {k: check_count(meta.get(k), k, (bound or {}).get(k)) for k in keys}
 
 
 def check_update(params: dict, global_params: dict) -> dict[str, torch.Tensor]:
@@ -101,12 +101,18 @@ def check_update(params: dict, global_params: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-def check_train_result(result, global_params: dict, bound: dict | None, tasks: list[str]) -> tuple[dict, dict]:
-    """(update, counts) of one site's training answer (an FLModel: params + meta), or Rejected. `bound` is
-    what that site reported in the stats phase; a site that reported nothing cannot have its claims bounded."""
+def stats_bound(bound: dict | None) -> dict:
+    """What a site reported in the stats phase, the bound on its later claims; a site that reported nothing
+    cannot have its claims bounded, so none of its answers is accepted."""
     if bound is None:
         raise Rejected("reported no row counts in the stats phase, so its claims cannot be bounded")
-    return check_update(result.params, global_params), check_counts(result.meta or {}, bound, tasks)
+    return bound
+
+
+def check_train_result(result, global_params: dict, bound: dict | None, tasks: list[str]) -> tuple[dict, dict]:
+    """(update, counts) of one site's training answer (an FLModel: params + meta), or Rejected. `bound` is
+    what that site reported in the stats phase (`stats_bound`)."""
+    return check_update(result.params, global_params), check_counts(result.meta or {}, stats_bound(bound), tasks)
 
 
 def check_moments(moments, n_assays: int, n_train: int, min_count: int) -> tuple[list, list, list]:

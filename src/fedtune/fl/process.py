@@ -143,8 +143,8 @@ def run_client(kit: Path, site: str | None, data: Path | None, startup_deadline:
     external process, see fedtune.fl.launch) and learns the site's settings from the environment:
     FEDTUNE_DATA (the data folder), FEDTUNE_GPUS (processes per job: --gpus, default from the environment or
     1), FEDTUNE_RUNS (per-job outputs: <kit>/fedtune-runs unless set), FEDTUNE_EMBEDDING_CACHE (a frozen trunk's
-    embeddings of the site's rows, reused across jobs: <kit>/fedtune-embeddings unless set; `off`), FEDTUNE_KIT (the kit: its
-    local/fedtune-privacy.json policy, see fedtune.fl.policy). The kit gets the site's privacy gate
+    embeddings of the site's rows, reused across jobs: <kit>/fedtune-embeddings unless set; `off`), FEDTUNE_KIT
+    (the kit: its local/fedtune-privacy.json policy, see fedtune.fl.policy). The kit gets the site's privacy gate
     (`local/fedtune__p_resources.json`, fedtune.fl.gate), which refuses the deployment of a job below that
     policy."""
     kit = check_kit(kit, "client")

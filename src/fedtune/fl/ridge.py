@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..train import ridge
-from .aggregate import Rejected
+from .aggregate import Rejected, stats_bound
 
 SUMS, VAL = "ridge-sums", "ridge-val"
 KEYS = ("ridge.gram", "ridge.xty", "ridge.n")
@@ -178,22 +178,18 @@ def ridge_phase(ctrl, model, meta: dict, bounds: dict, summary: dict) -> dict[st
     n_cols, dim = linear_shape(model)
     alphas = np.asarray(ridge.ALPHAS)
 
-    def known(site: str) -> dict:      # a site's claims are bounded by its stats-phase report, or not accepted
-        if site not in bounds:
-            raise Rejected("reported no row counts in the stats phase, so its claims cannot be bounded")
-        return bounds[site]
-
     results, _ = ctrl._ask(SUMS, {}, meta, 0)
     good, bad = ctrl._screen(SUMS, SUMS, results, lambda site, r: check_sums(
-        r.params, n_cols, dim, known(site)["n_train"], job.min_stat_count), summary)
+        r.params, n_cols, dim, stats_bound(bounds.get(site))["n_train"], job.min_stat_count), summary)
     gram, rows, cand = solve_sums(list(good.values()))
     ctrl._progress({"event": SUMS, "sites": sorted(good), "rejected": bad, "rows": rows.tolist()})
 
     results, _ = ctrl._ask(VAL, {"ridge.candidates": torch.from_numpy(cand)}, meta, 0)
+
     def check_site_val(site: str, r):
         if site not in good:      # its sums are not in the candidates: its errors must not choose among them
             raise Rejected("its ridge sums were rejected or missing, so its validation errors are not used")
-        return check_val(r.params, n_cols, len(alphas), known(site)["n_val"], job.min_stat_count)
+        return check_val(r.params, n_cols, len(alphas), stats_bound(bounds.get(site))["n_val"], job.min_stat_count)
 
     answers, bad_val = ctrl._screen(VAL, VAL, results, check_site_val, summary)
     w, pick, val_rows, overall_n = pick_solution(cand, list(answers.values()))
